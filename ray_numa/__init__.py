@@ -1,0 +1,34 @@
+"""ray-numa: NUMA-aware CPU and memory binding for GPU work on Ray.
+
+``runtime_env={"numa_bind": "auto"}`` pins a Ray worker to the CPUs and memory of
+the NUMA node nearest the GPU(s) Ray assigned it. See README.md.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .binding import Binding, current_binding
+from .options import BindOptions, OptionsError, parse as parse_options
+
+__version__ = "0.1.0"
+
+__all__ = ["Binding", "BindOptions", "OptionsError", "current_binding",
+           "parse_options", "register", "plugin_env", "bind_current_process"]
+
+
+def register(environ: Any = None) -> None:
+    """Enable the ``numa_bind`` plugin for Ray started from this process."""
+    from .plugin import register as _register
+    _register(environ)
+
+
+def plugin_env() -> dict:
+    """The environment variables that enable the plugin (for ``ray start``)."""
+    from .plugin import plugin_env as _plugin_env
+    return _plugin_env()
+
+
+def bind_current_process(*args: Any, **kwargs: Any) -> Binding:
+    """Bind this (non-Ray-worker) process; see :func:`ray_numa.launcher.bind_current_process`."""
+    from .launcher import bind_current_process as _bind
+    return _bind(*args, **kwargs)

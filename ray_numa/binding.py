@@ -1,0 +1,172 @@
+"""Resolve, decide, apply, record: the one flow behind every entry point.
+
+The Ray worker hook, :func:`ray_numa.bind_current_process` and ``ray-numa exec`` all
+call :class:`Binder`. It remembers the affinity the process started with, so a
+pooled Ray task worker that gets another GPU is rebound relative to that, and a
+CPU-only task after a GPU task gets its CPUs back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import environment
+from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
+from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
+from .options import BindOptions
+from .policy import Plan, Skip, Target, decide
+from .topology import (Allowed, Topology, format_cpulist, machine_topology,
+                       read_allowed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """What this process is bound to and why (``status``: bound|skipped|off|unbound)."""
+    status: str
+    reason: str
+    cpus: str = ""                 # kernel list format, e.g. "0-55,112-167"
+    cpu_nodes: Tuple[int, ...] = ()
+    mem_nodes: Tuple[int, ...] = ()
+    memory: str = "none"
+    gpus: Tuple[str, ...] = ()     # the device ids bound for, as Ray/CUDA named them
+    backend: str = ""              # numactl | syscall | record
+    notes: Tuple[str, ...] = ()
+    calls: Tuple[Tuple[Any, ...], ...] = ()   # what the recording backend did
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+UNBOUND = Binding(status="unbound", reason="ray_numa has not bound this process")
+
+
+def _targets(gpu_ids: Sequence[str]) -> Tuple[List[Target], List[Optional[int]]]:
+    gpus, source = discover_gpus()
+    if not gpus:
+        raise GpuResolutionError(
+            f"GPU(s) {', '.join(gpu_ids)} were assigned but this machine shows no NVIDIA "
+            f"GPU (from {source}); with fake num_gpus there is nothing to bind to")
+    sys_root = environment.sys_root()
+    chosen = resolve_visible(gpu_ids, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
+    targets = [Target(label=f"GPU {g.index} ({g.bus_id})",
+                      node=gpu_numa_node(g, sys_root), peer=g.index) for g in chosen]
+    return targets, [gpu_numa_node(g, sys_root) for g in gpus]
+
+
+def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
+             topology: Optional[Topology] = None,
+             allowed: Optional[Allowed] = None) -> Any:
+    """The :class:`Plan` or :class:`Skip` for ``options`` on this machine."""
+    topo = topology or machine_topology()
+    if allowed is None:
+        affinity = None if environment.simulated() else frozenset(os.sched_getaffinity(0))
+        allowed = read_allowed(environment.proc_status_path(), topo, affinity)
+    if options.auto:
+        if not gpu_ids:
+            return Skip("no GPU assigned to this worker", quiet=True)
+        try:
+            targets, peers = _targets(gpu_ids)
+        except GpuResolutionError as exc:
+            return Skip(str(exc))
+    else:
+        targets = [Target(label=f"node {n} (explicit)", node=n) for n in options.node]
+        peers = []
+    return decide(topo, allowed, options, targets, peers)
+
+
+class Binder:
+    """Per-process binding state; see :func:`process_binder`."""
+
+    def __init__(self) -> None:
+        self.simulated = environment.simulated()
+        self.backend = RecordingBackend() if self.simulated else SyscallBackend()
+        self.topology = machine_topology()
+        affinity = None if self.simulated else frozenset(os.sched_getaffinity(0))
+        self.allowed = read_allowed(environment.proc_status_path(), self.topology, affinity)
+        self.binding = UNBOUND
+        self._gpu_key: Optional[Tuple[str, ...]] = None
+
+    def _record(self, binding: Binding) -> Binding:
+        calls = tuple(getattr(self.backend, "calls", ()))
+        self.binding = dataclasses.replace(binding, calls=calls)
+        return self.binding
+
+    def _skip(self, skip: Skip, options: BindOptions, gpus: Tuple[str, ...]) -> Binding:
+        if options.strict:
+            raise BindError(f"numa_bind (strict): {skip.message()}")
+        if not skip.quiet:
+            environment.warn_once(f"not binding: {skip.message()}; running unbound")
+        return self._record(Binding(status="skipped", reason=skip.message(), gpus=gpus))
+
+    def bind(self, options: BindOptions, gpu_ids: Sequence[str] = ()) -> Binding:
+        """Bind this process for ``options`` (and the GPUs named, for "auto")."""
+        gpus = tuple(str(g) for g in gpu_ids)
+        if not options.enabled:
+            return self._record(Binding(status="off", reason='numa_bind is "off"'))
+        if environment.disabled():
+            return self._record(Binding(
+                status="off", reason=f"{environment.DISABLE_ENV} is set (kill switch)"))
+        if options.auto and gpus == self._gpu_key:
+            return self.binding            # same GPUs as the last task: nothing to do
+        if options.auto and not gpus and self.binding.status == "bound":
+            self.unbind("this task has no GPU")
+        decision = plan_for(options, gpus, self.topology, self.allowed)
+        self._gpu_key = gpus if options.auto else None
+        if isinstance(decision, Skip):
+            return self._skip(decision, options, gpus)
+        try:
+            applied = apply_plan(decision, self.backend, options.migrate,
+                                 self.topology.nodes)
+        except OSError as exc:
+            return self._skip(Skip(f"the kernel refused the binding: {exc}"), options, gpus)
+        binding = self._bound(decision, applied.memory, self.backend.name, gpus,
+                              decision.notes + applied.notes)
+        for note in applied.notes:
+            environment.warn_once(note)
+        return binding
+
+    def adopt_numactl(self, options: BindOptions, argv: Sequence[str]) -> Binding:
+        """Record a binding that ``numactl`` applied before this interpreter started."""
+        decision = plan_for(options, (), self.topology, self.allowed)
+        if isinstance(decision, Skip):   # cannot happen unless the machine changed
+            return self._skip(decision, options, ())
+        memory = next((m for flag, m in (("--membind", "bind"), ("--preferred", "preferred"),
+                                          ("--interleave", "interleave"))
+                       if any(a.startswith(flag) for a in argv)), "none")
+        if self.simulated:
+            self.backend.calls.append(("numactl", *argv))
+        return self._bound(decision, memory, "numactl", (), decision.notes)
+
+    def _bound(self, plan: Plan, memory: str, backend: str, gpus: Tuple[str, ...],
+               notes: Tuple[str, ...]) -> Binding:
+        binding = self._record(Binding(
+            status="bound", reason=plan.reason, cpus=format_cpulist(plan.cpus),
+            cpu_nodes=plan.cpu_nodes, mem_nodes=plan.mem_nodes if memory != "none" else (),
+            memory=memory, gpus=gpus, backend=backend, notes=notes))
+        environment.logger().info(
+            "pid %d bound: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), plan.reason,
+            binding.cpus, memory, f" {format_cpulist(binding.mem_nodes)}"
+            if binding.mem_nodes else "", backend)
+        return binding
+
+    def unbind(self, reason: str) -> Binding:
+        reset(self.backend, self.allowed.cpus)
+        self._gpu_key = None
+        return self._record(Binding(status="unbound", reason=reason))
+
+
+_binder: Optional[Binder] = None
+
+
+def process_binder() -> Binder:
+    """The process's binder, created on first use (capturing the start affinity)."""
+    global _binder
+    if _binder is None:
+        _binder = Binder()
+    return _binder
+
+
+def current_binding() -> Binding:
+    """What this process is bound to, and why; ``status == "unbound"`` if untouched."""
+    return _binder.binding if _binder is not None else UNBOUND

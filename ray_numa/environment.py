@@ -1,0 +1,87 @@
+"""Environment variables that steer ray-numa, read in one place.
+
+Everything that changes behaviour without code changes is named here so the README,
+the plugin (which forwards them to workers) and the tests agree on one spelling.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+#: Points discovery at a fixture tree instead of this machine. The tree may hold
+#: ``sys/`` (sysfs: NUMA nodes, CPUs, PCI devices), ``proc/self/status`` (allowed CPUs
+#: and mems of a cgroup-limited process) and ``nvml.json`` (a fake NVML's devices).
+#: Each part present replaces that part of the machine; with ``sys/`` present the
+#: plan is recorded instead of applied, because it describes another machine.
+FIXTURE_ENV = "RAY_NUMA_FIXTURE"
+#: Kill switch: any of 1/true/yes/on disables all binding, cluster-wide when set on
+#: every ``ray start``; the actors start unbound and ``current_binding()`` says why.
+DISABLE_ENV = "RAY_NUMA_DISABLE"
+#: Logging level of the ``ray_numa`` logger (DEBUG, INFO, WARNING, ...).
+LOG_LEVEL_ENV = "RAY_NUMA_LOG_LEVEL"
+#: Set by the plugin for the worker: the normalized ``numa_bind`` options (JSON).
+SPEC_ENV = "RAY_NUMA_SPEC"
+#: Set by the plugin for the worker: the numactl argv it prefixed (or, on a fixture,
+#: would have prefixed), JSON list; empty when the worker must bind in-process.
+PREFIX_ENV = "RAY_NUMA_NUMACTL_ARGV"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() in _TRUE
+
+
+def fixture_root() -> Optional[Path]:
+    value = os.environ.get(FIXTURE_ENV, "").strip()
+    return Path(value) if value else None
+
+
+def fixture_file(relative: str) -> Optional[Path]:
+    """The fixture's copy of ``relative`` if the fixture has one, else None."""
+    root = fixture_root()
+    if root is None:
+        return None
+    path = root / relative
+    return path if path.exists() else None
+
+
+def sys_root() -> Path:
+    """Directory that plays ``/sys``: the fixture's ``sys/`` or the real one."""
+    return fixture_file("sys") or Path("/sys")
+
+
+def simulated() -> bool:
+    """True when topology comes from a fixture: plans are recorded, not applied."""
+    return fixture_file("sys") is not None
+
+
+def proc_status_path() -> Path:
+    return fixture_file("proc/self/status") or Path("/proc/self/status")
+
+
+def logger() -> logging.Logger:
+    """The package logger, with a stderr handler so worker logs carry our lines."""
+    log = logging.getLogger("ray_numa")
+    if not getattr(log, "_ray_numa_configured", False):
+        level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+        log.setLevel(getattr(logging, level, logging.INFO))
+        if not log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("[ray_numa] %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.propagate = False
+        log._ray_numa_configured = True  # type: ignore[attr-defined]
+    return log
+
+
+_warned: set = set()
+
+
+def warn_once(message: str) -> None:
+    """Warn about an impossible binding once per process, not once per task."""
+    if message not in _warned:
+        _warned.add(message)
+        logger().warning(message)

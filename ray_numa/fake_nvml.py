@@ -1,0 +1,112 @@
+"""A stand-in for ``pynvml`` driven by a fixture's ``nvml.json``.
+
+It has the same function names, returns the same structures (``nvmlPciInfo_t``) and
+raises pynvml's own error classes with the codes the real library uses, so code that
+works against it works against a driver. Only what ray-numa calls is provided.
+
+``nvml.json``::
+
+    {"devices": [{"uuid": "GPU-…", "name": "NVIDIA H100 80GB HBM3",
+                  "bus_id": "00000000:18:00.0", "compute_capability": [9, 0],
+                  "numa_node": 2,            # omit: NOT_SUPPORTED, as on x86 boards
+                  "mig_devices": ["MIG-…"]}]}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pynvml
+
+NVMLError = pynvml.NVMLError
+
+
+@dataclasses.dataclass(eq=False)
+class _Handle:
+    spec: Dict[str, Any]
+    parent: Optional["_Handle"] = None
+    mig_uuid: str = ""
+
+
+class FakeNvml:
+    """Module-like object: ``nvml.nvmlDeviceGetCount()`` etc."""
+
+    NVMLError = pynvml.NVMLError
+
+    def __init__(self, path: Path):
+        self._path = Path(path)
+        self._devices: List[_Handle] = []
+        self._initialized = 0
+
+    def nvmlInit(self) -> None:
+        data = json.loads(self._path.read_text())
+        self._devices = [_Handle(spec=d) for d in data.get("devices", [])]
+        self._initialized += 1
+
+    def nvmlShutdown(self) -> None:
+        if not self._initialized:
+            raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        self._initialized -= 1
+
+    def _check(self) -> None:
+        if not self._initialized:
+            raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._check()
+        return len(self._devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+        self._check()
+        if not 0 <= index < len(self._devices):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self._devices[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
+        self._check()
+        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for dev in self._devices:
+            if dev.spec["uuid"] == uuid:
+                return dev
+            if uuid in dev.spec.get("mig_devices", []):
+                return _Handle(spec=dev.spec, parent=dev, mig_uuid=uuid)
+        raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
+        return handle.mig_uuid or handle.spec["uuid"]
+
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:
+        return handle.spec.get("name", "NVIDIA GPU")
+
+    def nvmlDeviceGetPciInfo(self, handle: _Handle) -> "pynvml.nvmlPciInfo_t":
+        info = pynvml.nvmlPciInfo_t()
+        info.busId = handle.spec["bus_id"].encode()
+        return info
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle):
+        major, minor = handle.spec.get("compute_capability", [9, 0])
+        return major, minor
+
+    def nvmlDeviceGetNumaNodeId(self, handle: _Handle) -> int:
+        if "numa_node" not in handle.spec:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return handle.spec["numa_node"]
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: _Handle) -> bool:
+        return handle.parent is not None
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: _Handle) -> _Handle:
+        if handle.parent is None:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return handle.parent
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:
+        return 7 if handle.spec.get("mig_devices") else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, index: int) -> _Handle:
+        migs = handle.spec.get("mig_devices", [])
+        if not 0 <= index < len(migs):
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return _Handle(spec=handle.spec, parent=handle, mig_uuid=migs[index])

@@ -1,0 +1,205 @@
+"""Which physical GPU a CUDA device id means, and which NUMA node it sits on.
+
+CUDA numbers devices FASTEST_FIRST unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; NVML
+always enumerates in PCI order; ``CUDA_VISIBLE_DEVICES`` may hold indices, ``GPU-``
+UUIDs (or unique prefixes) and ``MIG-`` ids, and CUDA ignores everything from the
+first entry it cannot resolve. vLLM's simple path assumes index == local rank; this
+module does what the CUDA runtime does instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+from . import environment
+
+NVIDIA_VENDOR = "0x10de"
+GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers
+
+
+class GpuResolutionError(RuntimeError):
+    """A device id that names no GPU on this machine."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    index: int                      # NVML index == position in PCI order
+    bus_id: str                     # sysfs form, e.g. 0000:18:00.0
+    uuid: str = ""
+    name: str = ""
+    compute_capability: Tuple[int, int] = (0, 0)
+    nvml_numa_node: Optional[int] = None   # NVML's own answer, if it has one
+    mig_uuids: Tuple[str, ...] = ()
+
+
+def normalize_bus_id(bus_id: Any) -> str:
+    """NVML's ``00000000:18:00.0`` to sysfs's ``0000:18:00.0``."""
+    text = bus_id.decode() if isinstance(bus_id, bytes) else str(bus_id)
+    domain, _, rest = text.strip().lower().partition(":")
+    return f"{int(domain, 16):04x}:{rest}"
+
+
+def _nvml_call(nvml: Any, name: str, *args: Any) -> Any:
+    try:
+        return getattr(nvml, name)(*args)
+    except nvml.NVMLError:
+        return None
+
+
+def nvml_gpus(nvml: Any) -> List[Gpu]:
+    """All GPUs NVML sees; raises NVMLError when there is no usable driver."""
+    nvml.nvmlInit()
+    try:
+        gpus = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            migs = []
+            for m in range(_nvml_call(nvml, "nvmlDeviceGetMaxMigDeviceCount", handle) or 0):
+                mig = _nvml_call(nvml, "nvmlDeviceGetMigDeviceHandleByIndex", handle, m)
+                if mig is not None:
+                    migs.append(nvml.nvmlDeviceGetUUID(mig))
+            numa = _nvml_call(nvml, "nvmlDeviceGetNumaNodeId", handle)
+            gpus.append(Gpu(
+                index=index,
+                bus_id=normalize_bus_id(nvml.nvmlDeviceGetPciInfo(handle).busId),
+                uuid=nvml.nvmlDeviceGetUUID(handle),
+                name=nvml.nvmlDeviceGetName(handle),
+                compute_capability=tuple(
+                    _nvml_call(nvml, "nvmlDeviceGetCudaComputeCapability", handle) or (0, 0)),
+                nvml_numa_node=numa if isinstance(numa, int) and numa >= 0 else None,
+                mig_uuids=tuple(migs),
+            ))
+        return gpus
+    finally:
+        nvml.nvmlShutdown()
+
+
+def sysfs_gpus(sys_root: Path) -> List[Gpu]:
+    """NVIDIA display/3D controllers in PCI order: NVML's order, without NVML."""
+    found = []
+    for dev in sorted((sys_root / "bus/pci/devices").glob("*")):
+        try:
+            vendor = (dev / "vendor").read_text().strip()
+            klass = (dev / "class").read_text().strip()
+        except OSError:
+            continue
+        if vendor == NVIDIA_VENDOR and klass[:6] in GPU_CLASSES:
+            found.append(dev.name)
+    return [Gpu(index=i, bus_id=b) for i, b in enumerate(found)]
+
+
+def load_nvml() -> Any:
+    """pynvml, or the fixture's fake NVML when the fixture has ``nvml.json``."""
+    fake = environment.fixture_file("nvml.json")
+    if fake is not None:
+        from .fake_nvml import FakeNvml
+        return FakeNvml(fake)
+    import pynvml
+    return pynvml
+
+
+@functools.lru_cache(maxsize=4)
+def _discover(fixture: Optional[str]) -> Tuple[Tuple[Gpu, ...], str]:
+    nvml = load_nvml()
+    try:
+        return tuple(nvml_gpus(nvml)), "nvml"
+    except nvml.NVMLError as exc:
+        gpus = sysfs_gpus(environment.sys_root())
+        return tuple(gpus), f"sysfs (NVML unavailable: {exc})"
+
+
+def discover_gpus() -> Tuple[Tuple[Gpu, ...], str]:
+    """This machine's GPUs in PCI order and where the list came from; cached."""
+    return _discover(os.environ.get(environment.FIXTURE_ENV))
+
+
+def cuda_enumeration(gpus: Sequence[Gpu], device_order: Optional[str]) -> List[Gpu]:
+    """GPUs in the order CUDA numbers them.
+
+    FASTEST_FIRST (CUDA's default) puts the most capable device first and keeps PCI
+    order among equals; it only differs from PCI order on mixed-GPU machines, where
+    CUDA's exact speed heuristic is approximated by compute capability.
+    """
+    if (device_order or "FASTEST_FIRST").upper() == "PCI_BUS_ID":
+        return list(gpus)
+    return sorted(gpus, key=lambda g: (tuple(-c for c in g.compute_capability), g.index))
+
+
+def _match(entry: str, ordered: Sequence[Gpu]) -> Optional[Gpu]:
+    entry = entry.strip()
+    if entry.isdigit():
+        return ordered[int(entry)] if int(entry) < len(ordered) else None
+    if entry.startswith("MIG-"):
+        if "/" in entry:   # legacy MIG-GPU-<uuid>/<gi>/<ci>
+            entry = entry[len("MIG-"):].split("/")[0]
+        else:
+            return next((g for g in ordered if entry in g.mig_uuids), None)
+    prefix = entry if entry.startswith("GPU-") else f"GPU-{entry}"
+    hits = [g for g in ordered if g.uuid and g.uuid.startswith(prefix)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def resolve_visible(entries: Sequence[str], gpus: Sequence[Gpu],
+                    device_order: Optional[str] = None) -> List[Gpu]:
+    """Physical GPUs named by ``CUDA_VISIBLE_DEVICES``-style entries, in order.
+
+    Like CUDA, stops at the first entry that names no device; unlike CUDA, says so.
+    """
+    ordered = cuda_enumeration(gpus, device_order)
+    out: List[Gpu] = []
+    for entry in entries:
+        gpu = _match(str(entry), ordered)
+        if gpu is None:
+            if not out:
+                raise GpuResolutionError(
+                    f"CUDA device {entry!r} names none of this machine's "
+                    f"{len(gpus)} GPU(s) ({_describe(gpus)})")
+            environment.warn_once(
+                f"CUDA_VISIBLE_DEVICES entry {entry!r} names no GPU; CUDA ignores it "
+                "and every entry after it, and so does ray-numa")
+            break
+        out.append(gpu)
+    return out
+
+
+def split_visible(value: Optional[str]) -> Optional[List[str]]:
+    """``CUDA_VISIBLE_DEVICES`` as entries; None when unset (all devices visible)."""
+    if value is None:
+        return None
+    return [e for e in value.split(",") if e.strip()]
+
+
+def resolve_logical(logical: int, visible: Optional[str], gpus: Sequence[Gpu],
+                    device_order: Optional[str] = None) -> Gpu:
+    """The physical GPU behind ``cuda:<logical>`` in a process with ``visible``."""
+    entries = split_visible(visible)
+    chosen = (resolve_visible(entries, gpus, device_order) if entries is not None
+              else cuda_enumeration(gpus, device_order))
+    if not 0 <= logical < len(chosen):
+        raise GpuResolutionError(
+            f"cuda:{logical} does not exist: {len(chosen)} GPU(s) visible "
+            f"(CUDA_VISIBLE_DEVICES={visible!r})")
+    return chosen[logical]
+
+
+def pci_numa_node(bus_id: str, sys_root: Path) -> Optional[int]:
+    """sysfs ``numa_node`` of a PCI function; None for -1 (firmware gave none)."""
+    try:
+        value = int((sys_root / "bus/pci/devices" / bus_id / "numa_node").read_text())
+    except (OSError, ValueError):
+        return None
+    return value if value >= 0 else None
+
+
+def gpu_numa_node(gpu: Gpu, sys_root: Path) -> Optional[int]:
+    """NVML's node for the GPU (GPU memory nodes on Grace systems), else sysfs's."""
+    if gpu.nvml_numa_node is not None:
+        return gpu.nvml_numa_node
+    return pci_numa_node(gpu.bus_id, sys_root)
+
+
+def _describe(gpus: Sequence[Gpu]) -> str:
+    return ", ".join(f"{g.index}:{g.bus_id}" for g in gpus) or "none"

@@ -1,0 +1,110 @@
+"""The ``numa_bind`` value users write: parsing, validation, normalized form.
+
+One frozen dataclass, like ``torch.numa.binding``'s options: the plugin validates
+with it on the agent, the worker rebuilds it from JSON, the launcher helpers take it
+directly. The JSON schema in ``schemas/`` mirrors :func:`parse` so that Ray rejects
+bad values on the driver at ``.remote()`` / ``.options()`` time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping, Tuple, Union
+
+CPU_MODES = ("node", "socket", "exclusive", "core-complex")
+MEMORY_POLICIES = ("bind", "preferred", "interleave", "none")
+SPAN_POLICIES = ("union", "first", "skip")
+DICT_KEYS = ("node", "cpus", "memory", "span", "strict", "migrate")
+
+VALID_FORMS = (
+    'numa_bind accepts "auto" (the NUMA node of the GPU(s) Ray assigned), "off", '
+    "a NUMA node id (int >= 0), or a dict with any of: "
+    'node ("auto" | int | list of ints), '
+    'cpus ("node" | "socket" | "exclusive" | "core-complex" | list of CPU ids), '
+    'memory ("bind" | "preferred" | "interleave" | "none"), '
+    'span ("union" | "first" | "skip": GPUs on several nodes), '
+    "strict (bool: fail the actor if binding is impossible), "
+    "migrate (bool: move pages touched before an in-process bind)."
+)
+
+Nodes = Union[str, Tuple[int, ...]]
+Cpus = Union[str, Tuple[int, ...]]
+
+
+class OptionsError(ValueError):
+    """An invalid ``numa_bind`` value; the message lists the valid forms."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BindOptions:
+    node: Nodes = "auto"
+    cpus: Cpus = "node"
+    memory: str = "bind"
+    span: str = "union"
+    strict: bool = False
+    migrate: bool = True
+    enabled: bool = True
+
+    @property
+    def auto(self) -> bool:
+        return self.node == "auto"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BindOptions":
+        raw = json.loads(text)
+        for key in ("node", "cpus"):
+            if isinstance(raw[key], list):
+                raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+
+def _fail(value: Any, detail: str) -> OptionsError:
+    return OptionsError(f"invalid numa_bind value {value!r}: {detail}. {VALID_FORMS}")
+
+
+def _int_list(value: Any, what: str, whole: Any) -> Tuple[int, ...]:
+    items = [value] if not isinstance(value, (list, tuple)) else list(value)
+    if not items or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                            for i in items):
+        raise _fail(whole, f"{what} must be a non-negative int or a non-empty list of them")
+    return tuple(sorted(set(items)))
+
+
+def _choice(value: Any, choices: Tuple[str, ...], what: str, whole: Any) -> str:
+    if value not in choices:
+        raise _fail(whole, f"{what} must be one of {', '.join(choices)}")
+    return value
+
+
+def parse(value: Any) -> BindOptions:
+    """Turn what the user wrote into :class:`BindOptions`, or raise OptionsError."""
+    if isinstance(value, BindOptions):
+        return value
+    if value == "auto":
+        return BindOptions()
+    if value == "off":
+        return BindOptions(enabled=False)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return BindOptions(node=_int_list(value, "node", value))
+    if not isinstance(value, Mapping):
+        raise _fail(value, "unrecognized form")
+    unknown = sorted(set(value) - set(DICT_KEYS))
+    if unknown:
+        raise _fail(value, f"unknown key(s) {', '.join(map(str, unknown))}")
+    node = value.get("node", "auto")
+    cpus = value.get("cpus", "node")
+    for flag in ("strict", "migrate"):
+        if flag in value and not isinstance(value[flag], bool):
+            raise _fail(value, f"{flag} must be true or false")
+    return BindOptions(
+        node="auto" if node == "auto" else _int_list(node, "node", value),
+        cpus=(_choice(cpus, CPU_MODES, "cpus", value) if isinstance(cpus, str)
+              else _int_list(cpus, "cpus", value)),
+        memory=_choice(value.get("memory", "bind"), MEMORY_POLICIES, "memory", value),
+        span=_choice(value.get("span", "union"), SPAN_POLICIES, "span", value),
+        strict=value.get("strict", False),
+        migrate=value.get("migrate", True),
+    )

@@ -1,0 +1,142 @@
+"""The Ray runtime-env plugin ``numa_bind``.
+
+What Ray 2.60 allows (``_private/runtime_env/agent/runtime_env_agent.py``,
+``context.py``): the agent runs ``create`` then ``modify_context`` once per distinct
+serialized runtime_env and caches the resulting context, before any GPU is assigned;
+the worker is then started as ``bash -c "<command_prefix> exec <py_executable>
+default_worker.py …"``. So the plugin can only shape how the worker starts: it puts
+the ray-numa bootstrap after the interpreter (and, for an explicit node, ``numactl``
+before it) and passes the options in ``RAY_NUMA_SPEC``. Custom plugins are loaded
+before Ray's own, and sorting by priority is stable, so priority 90 makes this one
+run after pip/uv/conda/py_executable (priority 10) and wrap whatever interpreter
+they chose.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import shlex
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ray._private.runtime_env.plugin import RuntimeEnvPlugin
+
+from . import environment
+from .apply import BindError, numactl_argv, probe_numactl
+from .binding import plan_for
+from .options import BindOptions, parse
+from .policy import Skip
+
+BOOT_SCRIPT = str(Path(__file__).parent / "_boot" / "ray_numa_boot.py")
+PRIORITY = 90
+
+default_logger = logging.getLogger(__name__)
+
+
+class NumaBindPlugin(RuntimeEnvPlugin):
+    name = "numa_bind"
+    priority = PRIORITY
+
+    def __init__(self) -> None:
+        self._prefixes: Dict[str, List[str]] = {}
+
+    @staticmethod
+    def validate(runtime_env_dict: dict) -> None:
+        parse(runtime_env_dict.get(NumaBindPlugin.name))
+
+    async def create(self, uri: Optional[str], runtime_env, context,
+                     logger: logging.Logger = default_logger) -> float:
+        options = parse(runtime_env.get(self.name))
+        if options.enabled and not options.auto and not environment.disabled():
+            # numactl probes are subprocesses: keep them off the agent's event loop.
+            loop = asyncio.get_running_loop()
+            self._prefixes[options.to_json()] = await loop.run_in_executor(
+                None, _numactl_prefix, options, logger)
+        return 0
+
+    def modify_context(self, uris: List[str], runtime_env, context,
+                       logger: logging.Logger = default_logger) -> None:
+        options = parse(runtime_env.get(self.name))
+        if not options.enabled:
+            return
+        argv = self._prefixes.get(options.to_json(), [])
+        context.env_vars[environment.SPEC_ENV] = options.to_json()
+        context.env_vars[environment.PREFIX_ENV] = json.dumps(argv)
+        prefix = "" if not argv or environment.simulated() else shlex.join(argv) + " "
+        context.py_executable = (f"{prefix}{context.py_executable} "
+                                 f"{shlex.quote(BOOT_SCRIPT)}")
+        logger.info("numa_bind %s: worker starts as %s", options.to_json(),
+                    context.py_executable)
+
+
+def _numactl_prefix(options: BindOptions, logger: logging.Logger) -> List[str]:
+    """numactl argv for an explicit node, [] to bind in-process in the worker."""
+    decision = plan_for(options)
+    if isinstance(decision, Skip):
+        if options.strict:
+            raise BindError(f"numa_bind (strict): {decision.message()}")
+        return []        # the worker reaches the same Skip and warns in its log
+    if environment.simulated():
+        return numactl_argv(decision)   # recorded by the worker, never run here
+    argv, memory, notes = probe_numactl(decision)
+    for note in notes:
+        logger.warning("numa_bind: %s", note)
+    if options.strict and (argv is None or memory != decision.memory):
+        raise BindError(f"numa_bind (strict): {'; '.join(notes)}")
+    return argv or []
+
+
+def plugin_env() -> Dict[str, str]:
+    """Environment that enables the plugin for ``ray start`` / ``ray.init``."""
+    return {
+        "RAY_RUNTIME_ENV_PLUGINS": json.dumps(
+            [{"class": f"{__name__}.NumaBindPlugin", "priority": PRIORITY}]),
+        "RAY_RUNTIME_ENV_PLUGIN_SCHEMAS": str(Path(__file__).parent / "schemas"),
+    }
+
+
+def register(environ=None) -> None:
+    """Enable the plugin for Ray started from this process (call before ray.init).
+
+    Keeps plugins and schema paths already configured. The driver validates
+    ``numa_bind`` values against the schema from then on.
+    """
+    environ = os.environ if environ is None else environ
+    ours = plugin_env()
+    plugins = json.loads(environ.get("RAY_RUNTIME_ENV_PLUGINS") or "[]")
+    if not any(p.get("class") == f"{__name__}.NumaBindPlugin" for p in plugins):
+        plugins += json.loads(ours["RAY_RUNTIME_ENV_PLUGINS"])
+    environ["RAY_RUNTIME_ENV_PLUGINS"] = json.dumps(plugins)
+    schemas = [p for p in environ.get("RAY_RUNTIME_ENV_PLUGIN_SCHEMAS", "").split(",") if p]
+    if ours["RAY_RUNTIME_ENV_PLUGIN_SCHEMAS"] not in schemas:
+        schemas.append(ours["RAY_RUNTIME_ENV_PLUGIN_SCHEMAS"])
+    environ["RAY_RUNTIME_ENV_PLUGIN_SCHEMAS"] = ",".join(schemas)
+    from ray._private.runtime_env.plugin_schema_manager import RuntimeEnvPluginSchemaManager
+    RuntimeEnvPluginSchemaManager.clear()   # reload with our schema on next validate
+    _install_driver_validation()
+
+
+def _install_driver_validation() -> None:
+    """Reject bad ``numa_bind`` values on the driver, at ``.remote()``/``.options()``.
+
+    Ray 2.60 checks plugin schemas only in ``RuntimeEnv.__setitem__``, but builds
+    every task/actor runtime_env with ``RuntimeEnv(**d)``, whose ``dict.update``
+    skips it; without this a bad value would only fail when the worker starts.
+    """
+    from ray.runtime_env import RuntimeEnv
+
+    original = RuntimeEnv.__init__
+    if getattr(original, "_ray_numa_validates", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, _validate: bool = True, **kwargs):
+        original(self, *args, _validate=_validate, **kwargs)
+        if _validate and dict.get(self, NumaBindPlugin.name) is not None:
+            parse(dict.get(self, NumaBindPlugin.name))
+
+    __init__._ray_numa_validates = True  # type: ignore[attr-defined]
+    RuntimeEnv.__init__ = __init__
