@@ -17,7 +17,7 @@ from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visi
 from .options import BindOptions
 from .policy import Plan, Skip, Target, decide
 from .topology import (Allowed, Topology, format_cpulist, machine_topology,
-                       read_allowed)
+                       process_allowed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +59,7 @@ def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
              allowed: Optional[Allowed] = None) -> Any:
     """The :class:`Plan` or :class:`Skip` for ``options`` on this machine."""
     topo = topology or machine_topology()
-    if allowed is None:
-        affinity = None if environment.simulated() else frozenset(os.sched_getaffinity(0))
-        allowed = read_allowed(environment.proc_status_path(), topo, affinity)
+    allowed = allowed or process_allowed(topo)
     if options.auto:
         if not gpu_ids:
             return Skip("no GPU assigned to this worker", quiet=True)
@@ -82,8 +80,7 @@ class Binder:
         self.simulated = environment.simulated()
         self.backend = RecordingBackend() if self.simulated else SyscallBackend()
         self.topology = machine_topology()
-        affinity = None if self.simulated else frozenset(os.sched_getaffinity(0))
-        self.allowed = read_allowed(environment.proc_status_path(), self.topology, affinity)
+        self.allowed = process_allowed(self.topology)   # before any binding
         self.binding = UNBOUND
         self._gpu_key: Optional[Tuple[str, ...]] = None
 

@@ -58,8 +58,13 @@ def simulated() -> bool:
     return fixture_file("sys") is not None
 
 
-def proc_status_path() -> Path:
-    return fixture_file("proc/self/status") or Path("/proc/self/status")
+def proc_status_path() -> Optional[Path]:
+    """``/proc/self/status`` to read allowed CPUs/mems from; None on a fixture
+    machine without one (then every CPU and node of the fixture is allowed)."""
+    found = fixture_file("proc/self/status")
+    if found is not None or simulated():
+        return found
+    return Path("/proc/self/status")
 
 
 def logger() -> logging.Logger:

@@ -101,6 +101,9 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
     """The binding for ``targets`` (the assigned GPUs, or explicit nodes)."""
     if not targets:
         return Skip("no GPU assigned to this worker", quiet=True)
+    explicit_cpus = not isinstance(options.cpus, str)
+    if len(topo.nodes) == 1 and options.auto and not explicit_cpus:
+        return Skip("this machine has a single NUMA node; nothing to bind", quiet=True)
     for t in targets:
         if t.node is None:
             return Skip(f"the NUMA node of {t.label} is unknown (sysfs numa_node is -1 "
@@ -116,9 +119,6 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
                     quiet=True)
     if options.span == "first":
         targets = targets[:1]
-    explicit_cpus = not isinstance(options.cpus, str)
-    if len(topo.nodes) == 1 and options.auto and not explicit_cpus:
-        return Skip("this machine has a single NUMA node; nothing to bind", quiet=True)
 
     cpu_nodes = sorted({c for t in targets for c in _cpu_nodes_for(topo, t.node)})
     if not cpu_nodes:

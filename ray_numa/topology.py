@@ -157,10 +157,10 @@ def _status_field(status: str, name: str) -> Optional[FrozenSet[int]]:
     return parse_cpulist(match.group(1)) if match else None
 
 
-def read_allowed(status_path: Path, topology: Topology,
+def read_allowed(status_path: Optional[Path], topology: Topology,
                  affinity: Optional[FrozenSet[int]]) -> Allowed:
     """Allowed CPUs/mems: /proc status lists, narrowed by ``affinity`` if given."""
-    status = _read(status_path)
+    status = _read(status_path) if status_path is not None else ""
     cpus = _status_field(status, "Cpus_allowed_list") or frozenset(topology.cpus)
     mems = _status_field(status, "Mems_allowed_list") or frozenset(topology.nodes)
     if affinity is not None:

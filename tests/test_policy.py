@@ -1,0 +1,126 @@
+"""Binding decisions on fixture copies of real machines (no process is changed)."""
+import pytest
+
+from ray_numa.binding import plan_for
+from ray_numa.options import parse
+from ray_numa.policy import Plan, Skip
+from ray_numa.topology import format_cpulist
+
+DGX0, DGX1 = "0-55,112-167", "56-111,168-223"
+
+
+def plan(value, gpus=()):
+    return plan_for(parse(value), [str(g) for g in gpus])
+
+
+def assert_plan(decision, cpus, mem_nodes, memory="bind"):
+    assert isinstance(decision, Plan), decision
+    assert format_cpulist(decision.cpus) == cpus
+    assert decision.mem_nodes == tuple(mem_nodes)
+    assert decision.memory == memory
+
+
+@pytest.mark.parametrize("gpu,cpus,node", [(0, DGX0, 0), (3, DGX0, 0), (4, DGX1, 1), (7, DGX1, 1)])
+def test_dgx_each_gpu_binds_to_its_socket(on_machine, gpu, cpus, node):
+    on_machine("dgx-h100")
+    assert_plan(plan("auto", [gpu]), cpus, [node])
+
+
+def test_dgx_multi_gpu_span_policies(on_machine):
+    on_machine("dgx-h100")
+    assert_plan(plan("auto", [3, 4]), "0-223", [0, 1])
+    assert_plan(plan({"span": "first"}, [4, 3]), DGX1, [1])
+    skip = plan({"span": "skip"}, [3, 4])
+    assert isinstance(skip, Skip) and "span NUMA nodes 0-1" in skip.reason
+    assert_plan(plan("auto", [1, 2]), DGX0, [0])        # same node: no span question
+
+
+def test_dgx_memory_policies(on_machine):
+    on_machine("dgx-h100")
+    assert_plan(plan({"memory": "preferred"}, [5]), DGX1, [1], "preferred")
+    assert_plan(plan({"memory": "interleave"}, [0, 7]), "0-223", [0, 1], "interleave")
+    assert_plan(plan({"memory": "none"}, [5]), DGX1, [], "none")
+    pref = plan({"memory": "preferred"}, [0, 7])
+    assert pref.mem_nodes == (0,) and "takes one node" in pref.notes[0]
+
+
+def test_dgx_exclusive_splits_physical_cores_among_the_nodes_gpus(on_machine):
+    on_machine("dgx-h100")
+    shares = [plan({"cpus": "exclusive"}, [g]).cpus for g in range(4)]
+    assert format_cpulist(shares[1]) == "14-27,126-139"
+    assert all(len(s) == 28 for s in shares)
+    assert frozenset().union(*shares) == frozenset(range(0, 56)) | frozenset(range(112, 168))
+    assert all(a.isdisjoint(b) for i, a in enumerate(shares) for b in shares[i + 1:])
+
+
+def test_explicit_nodes_and_cpu_lists(on_machine):
+    on_machine("dgx-h100")
+    assert_plan(plan(1), DGX1, [1])
+    assert_plan(plan({"node": [0, 1], "memory": "interleave"}), "0-223", [0, 1], "interleave")
+    d = plan({"cpus": [2, 3, 60]}, [0])
+    assert_plan(d, "2-3,60", [0, 1])
+    missing = plan(5)
+    assert isinstance(missing, Skip) and "node 5" in missing.reason and "nodes 0-1" in missing.reason
+
+
+def test_nps4_node_socket_and_core_complex(on_machine):
+    on_machine("amd-nps4")
+    assert_plan(plan("auto", [0]), "24-47,216-239", [1])    # GPU 0 sits on node 1
+    assert_plan(plan({"cpus": "socket"}, [0]), "0-95,192-287", [0, 1, 2, 3])
+    assert_plan(plan({"cpus": "socket"}, [7]), "96-191,288-383", [4, 5, 6, 7])
+    assert_plan(plan({"cpus": "core-complex"}, [0]), "24-31,216-223", [1])
+
+
+def test_gb200_hbm_node_binds_cpus_and_memory_to_nearest_grace(on_machine):
+    on_machine("gb200")
+    assert_plan(plan("auto", [0]), "0-71", [0])
+    assert_plan(plan("auto", [3]), "72-143", [1])
+    assert_plan(plan({"cpus": "exclusive"}, [1]), "36-71", [0])
+    # naming the HBM node explicitly binds memory there, CPUs to its Grace
+    assert_plan(plan(2), "0-71", [2])
+    empty = plan(3)        # a MIG-reserved node: no CPUs, no memory
+    assert_plan(empty, "0-71", [0])
+
+
+def test_single_node_workstation_skips_quietly_even_with_unknown_gpu_node(on_machine):
+    on_machine("workstation")
+    d = plan("auto", [1])
+    assert isinstance(d, Skip) and d.quiet and "single NUMA node" in d.reason
+    assert_plan(plan(0), "0-31", [0])                     # explicit still applies
+
+
+def test_cpuset_container_binds_to_the_intersection(on_machine):
+    on_machine("cpuset-container")
+    d = plan("auto", [2])
+    assert_plan(d, "8-11,120-123", [0])
+    assert "allows 8 of the 112 CPUs" in d.notes[0]
+    assert_plan(plan("auto", [6]), "60-61,172-173", [1])
+    outside = plan({"cpus": [30, 31]}, [0])
+    assert isinstance(outside, Skip) and outside.reason.startswith("none of the CPUs")
+    assert "(allowed: 8-11,60-61,120-123,172-173)" in outside.reason
+
+
+def test_unknown_node_on_two_socket_machine_names_the_fix(on_machine, monkeypatch):
+    on_machine("mixed")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    d = plan("auto", [1])
+    assert isinstance(d, Skip) and not d.quiet
+    assert "0000:65:00.0" in d.reason and "numa_node is -1" in d.reason
+    assert "numa_bind={'node': N}" in d.fix
+    assert_plan(plan("auto", [2]), "32-63", [1])
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
+    assert_plan(plan("auto", [0]), "32-63", [1])           # the H100 comes first
+
+
+def test_mig_and_uuid_ids_from_ray(on_machine):
+    root = on_machine("dgx-a100-mig")
+    import json
+    devices = json.loads((root / "nvml.json").read_text())["devices"]
+    assert_plan(plan("auto", [devices[5]["mig_devices"][0]]), "64-127,192-255", [1])
+    assert_plan(plan("auto", [devices[2]["uuid"]]), "0-63,128-191", [0])
+
+
+def test_bad_gpu_id_is_a_skip_not_a_crash(on_machine):
+    on_machine("dgx-h100")
+    d = plan("auto", ["GPU-does-not-exist"])
+    assert isinstance(d, Skip) and "names none" in d.reason

@@ -1,0 +1,66 @@
+"""Topology and allowed-resource discovery from fixture trees and this kernel."""
+import os
+from pathlib import Path
+
+from ray_numa import topology
+from ray_numa.topology import format_cpulist, parse_cpulist, read_allowed, read_topology
+
+
+def test_cpulist_round_trip():
+    assert parse_cpulist("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert format_cpulist({11, 0, 1, 2, 3, 8, 10}) == "0-3,8,10-11"
+    assert parse_cpulist("") == frozenset()
+
+
+def test_dgx_nodes_distances_and_smt(machine_tree):
+    topo = read_topology(machine_tree("dgx-h100") / "sys")
+    assert sorted(topo.nodes) == [0, 1]
+    assert format_cpulist(topo.nodes[1].cpus) == "56-111,168-223"
+    assert topo.distance(0, 1) == 21 and topo.distance(1, 1) == 10
+    assert topo.nodes[0].mem_kb == 1024 * 1024 * 1024
+    assert topo.cpus[5].core == topo.cpus[117].core == (0, 5)
+    assert topo.cpus[60].package == 1
+
+
+def test_gb200_cpu_less_nodes_resolve_to_nearest_grace(machine_tree):
+    topo = read_topology(machine_tree("gb200") / "sys")
+    assert len(topo.nodes) == 34
+    assert topo.nodes[2].cpus == frozenset() and topo.nodes[2].mem_kb > 0
+    assert topo.nodes[3].mem_kb == 0
+    has_cpus = lambda n: bool(n.cpus)  # noqa: E731
+    assert topo.nearest(2, has_cpus) == (0,)
+    assert topo.nearest(26, has_cpus) == (1,)
+
+
+def test_nps4_packages_and_l3_groups(machine_tree):
+    topo = read_topology(machine_tree("amd-nps4") / "sys")
+    assert topo.nodes_of_packages(topo.packages_of([1])) == (0, 1, 2, 3)
+    assert format_cpulist(topo.cpus[26].l3) == "24-31,216-223"
+
+
+def test_cpuset_container_status_limits_allowed(machine_tree):
+    root = machine_tree("cpuset-container")
+    topo = read_topology(root / "sys")
+    allowed = read_allowed(root / "proc/self/status", topo, affinity=None)
+    assert format_cpulist(allowed.cpus) == "8-11,60-61,120-123,172-173"
+    assert allowed.mems == {0, 1}
+
+
+def test_this_kernel_matches_proc_and_affinity():
+    topo = read_topology(Path("/sys"))
+    assert set(topo.cpus) >= set(os.sched_getaffinity(0))
+    allowed = read_allowed(Path("/proc/self/status"), topo, frozenset(os.sched_getaffinity(0)))
+    assert allowed.cpus == frozenset(os.sched_getaffinity(0))
+    assert allowed.mems and allowed.mems <= set(topo.nodes)
+
+
+def test_kernel_without_numa_dir_is_one_node(tmp_path):
+    (tmp_path / "devices/system/cpu").mkdir(parents=True)
+    (tmp_path / "devices/system/cpu/online").write_text("0-3\n")
+    topo = read_topology(tmp_path)
+    assert list(topo.nodes) == [0] and topo.nodes[0].cpus == {0, 1, 2, 3}
+
+
+def test_machine_topology_is_cached(on_machine):
+    on_machine("dgx-h100")
+    assert topology.machine_topology() is topology.machine_topology()
