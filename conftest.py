@@ -5,6 +5,7 @@ Fixture trees are generated from ``tests/fixtures/machines.py`` into
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -53,3 +54,32 @@ def on_machine(machine_tree, monkeypatch):
 def pytest_report_header(config):
     return [f"fixture machines: {', '.join(MACHINES)}",
             f"numactl: {shutil.which('numactl') or 'missing'}; cpus here: {os.cpu_count()}"]
+
+
+@contextlib.contextmanager
+def ray_cluster(fixture_root=None, job_runtime_env=None, **init_kwargs):
+    """A real local Ray cluster on loopback with the plugin registered.
+
+    ``fixture_root`` goes into ``RAY_NUMA_FIXTURE`` before ``ray.init`` so the raylet,
+    the runtime-env agent and every worker inherit it.
+    """
+    import ray
+    import ray_numa
+
+    saved = dict(os.environ)
+    # workers import the tests' helpers (tests.inspect_proc) by reference
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).parent), saved.get("PYTHONPATH")) if p)
+    if fixture_root is not None:
+        os.environ["RAY_NUMA_FIXTURE"] = str(fixture_root)
+    ray_numa.register()
+    kwargs = dict(num_cpus=16, include_dashboard=False, log_to_driver=True,
+                  runtime_env=job_runtime_env)
+    kwargs.update(init_kwargs)
+    ray.init(**kwargs)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -89,7 +89,8 @@ class Binder:
         self.binding = dataclasses.replace(binding, calls=calls)
         return self.binding
 
-    def _skip(self, skip: Skip, options: BindOptions, gpus: Tuple[str, ...]) -> Binding:
+    def skip(self, skip: Skip, options: BindOptions, gpus: Tuple[str, ...] = ()) -> Binding:
+        """Record (or, if strict, raise) that binding is not possible."""
         if options.strict:
             raise BindError(f"numa_bind (strict): {skip.message()}")
         if not skip.quiet:
@@ -111,12 +112,12 @@ class Binder:
         decision = plan_for(options, gpus, self.topology, self.allowed)
         self._gpu_key = gpus if options.auto else None
         if isinstance(decision, Skip):
-            return self._skip(decision, options, gpus)
+            return self.skip(decision, options, gpus)
         try:
             applied = apply_plan(decision, self.backend, options.migrate,
                                  self.topology.nodes)
         except OSError as exc:
-            return self._skip(Skip(f"the kernel refused the binding: {exc}"), options, gpus)
+            return self.skip(Skip(f"the kernel refused the binding: {exc}"), options, gpus)
         binding = self._bound(decision, applied.memory, self.backend.name, gpus,
                               decision.notes + applied.notes)
         for note in applied.notes:
@@ -127,7 +128,7 @@ class Binder:
         """Record a binding that ``numactl`` applied before this interpreter started."""
         decision = plan_for(options, (), self.topology, self.allowed)
         if isinstance(decision, Skip):   # cannot happen unless the machine changed
-            return self._skip(decision, options, ())
+            return self.skip(decision, options, ())
         memory = next((m for flag, m in (("--membind", "bind"), ("--preferred", "preferred"),
                                           ("--interleave", "interleave"))
                        if any(a.startswith(flag) for a in argv)), "none")

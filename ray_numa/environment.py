@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 #: Points discovery at a fixture tree instead of this machine. The tree may hold
 #: ``sys/`` (sysfs: NUMA nodes, CPUs, PCI devices), ``proc/self/status`` (allowed CPUs
@@ -30,8 +30,10 @@ PREFIX_ENV = "RAY_NUMA_NUMACTL_ARGV"
 _TRUE = {"1", "true", "yes", "on"}
 
 
-def disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() in _TRUE
+def disabled(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """The kill switch, from ``environ`` (e.g. a runtime_env's env_vars) or ours."""
+    value = (environ or {}).get(DISABLE_ENV) or os.environ.get(DISABLE_ENV, "")
+    return value.strip().lower() in _TRUE
 
 
 def fixture_root() -> Optional[Path]:

@@ -172,17 +172,17 @@ def split_visible(value: Optional[str]) -> Optional[List[str]]:
     return [e for e in value.split(",") if e.strip()]
 
 
-def resolve_logical(logical: int, visible: Optional[str], gpus: Sequence[Gpu],
-                    device_order: Optional[str] = None) -> Gpu:
-    """The physical GPU behind ``cuda:<logical>`` in a process with ``visible``."""
+def visible_entry(logical: int, visible: Optional[str]) -> str:
+    """The node-level device id behind ``cuda:<logical>`` in a process whose
+    ``CUDA_VISIBLE_DEVICES`` is ``visible`` (unset: ids are CUDA indices)."""
     entries = split_visible(visible)
-    chosen = (resolve_visible(entries, gpus, device_order) if entries is not None
-              else cuda_enumeration(gpus, device_order))
-    if not 0 <= logical < len(chosen):
+    if entries is None:
+        return str(logical)
+    if not 0 <= logical < len(entries):
         raise GpuResolutionError(
-            f"cuda:{logical} does not exist: {len(chosen)} GPU(s) visible "
+            f"cuda:{logical} does not exist: {len(entries)} GPU(s) visible "
             f"(CUDA_VISIBLE_DEVICES={visible!r})")
-    return chosen[logical]
+    return entries[logical].strip()
 
 
 def pci_numa_node(bus_id: str, sys_root: Path) -> Optional[int]:

@@ -50,7 +50,8 @@ class NumaBindPlugin(RuntimeEnvPlugin):
     async def create(self, uri: Optional[str], runtime_env, context,
                      logger: logging.Logger = default_logger) -> float:
         options = parse(runtime_env.get(self.name))
-        if options.enabled and not options.auto and not environment.disabled():
+        if (options.enabled and not options.auto
+                and not environment.disabled(runtime_env.env_vars())):
             # numactl probes are subprocesses: keep them off the agent's event loop.
             loop = asyncio.get_running_loop()
             self._prefixes[options.to_json()] = await loop.run_in_executor(

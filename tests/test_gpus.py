@@ -5,7 +5,7 @@ import pytest
 from ray_numa import gpus
 from ray_numa.fake_nvml import FakeNvml
 from ray_numa.gpus import (GpuResolutionError, cuda_enumeration, gpu_numa_node,
-                           normalize_bus_id, resolve_logical, resolve_visible)
+                           normalize_bus_id, resolve_visible, visible_entry)
 
 
 def _machine(on_machine, name):
@@ -77,10 +77,11 @@ def test_uuid_prefix_mig_and_invalid_entries(on_machine):
 
 def test_logical_index_through_visible_devices(on_machine):
     _, found = _machine(on_machine, "dgx-h100")
-    assert resolve_logical(1, "6,2", found).index == 2
-    assert resolve_logical(3, None, found).index == 3
+    assert resolve_visible([visible_entry(1, "6,2")], found)[0].index == 2
+    assert visible_entry(3, None) == "3"
+    assert visible_entry(0, "GPU-abc, 1") == "GPU-abc"
     with pytest.raises(GpuResolutionError, match="cuda:2 does not exist"):
-        resolve_logical(2, "6,2", found)
+        visible_entry(2, "6,2")
 
 
 def _real_nvml_works():
