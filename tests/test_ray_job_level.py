@@ -43,7 +43,7 @@ def test_vllm_style_placement_group_workers_bind_to_their_own_gpus(ray):
 def test_fractional_gpu_workers_bind_to_the_shared_gpus_node(ray):
     pg, [worker] = vllm_ray_executor.start_workers(world_size=1, gpu_memory_utilization=0.5)
 
-    @ray.remote(num_gpus=0.5)
+    @ray.remote(num_gpus=0.5, num_cpus=0)
     class Sidecar:
         def inspect(self):
             return inspect(gpu_ids=[str(g) for g in ray.get_gpu_ids()])
