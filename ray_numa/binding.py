@@ -68,7 +68,7 @@ def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
         except GpuResolutionError as exc:
             return Skip(str(exc))
     else:
-        targets = [Target(label=f"node {n} (explicit)", node=n) for n in options.node]
+        targets = [Target(label=f"node {n}", node=n) for n in options.node]
         peers = []
     return decide(topo, allowed, options, targets, peers)
 

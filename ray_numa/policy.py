@@ -111,7 +111,8 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
                         "check the BIOS/ACPI proximity (SRAT) settings, or name the node: "
                         "numa_bind={'node': N}")
         if t.node not in topo.nodes:
-            return Skip(f"NUMA node {t.node} ({t.label}) does not exist; this machine has "
+            whose = f" ({t.label}'s)" if t.peer is not None else ""
+            return Skip(f"NUMA node {t.node}{whose} does not exist; this machine has "
                         f"nodes {_nodes_text(topo.nodes)}")
     distinct = sorted({t.node for t in targets})
     if len(distinct) > 1 and options.span == "skip":

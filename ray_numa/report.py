@@ -1,0 +1,63 @@
+"""What ``ray-numa show`` reports: the machine, its GPUs, what this process may do,
+and the plan each GPU would get. Plain data, formatted by the CLI."""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Dict
+
+from . import environment, syscalls
+from .binding import plan_for
+from .gpus import discover_gpus, gpu_numa_node
+from .options import BindOptions
+from .policy import Plan
+from .topology import format_cpulist, machine_topology, process_allowed
+
+
+def mempolicy_permitted(node: int) -> str:
+    """Probe set_mempolicy on this thread, then restore it (SGLang's ladder start)."""
+    if environment.simulated():
+        return "n/a (fixture machine)"
+    try:
+        syscalls.set_mempolicy("bind", [node])
+    except OSError as exc:
+        return f"no: {exc}"
+    syscalls.set_mempolicy("default")
+    return "yes"
+
+
+def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
+    topo = machine_topology()
+    allowed = process_allowed(topo)
+    gpus, source = discover_gpus()
+    sys_root = environment.sys_root()
+    report: Dict[str, Any] = {
+        "fixture": str(environment.fixture_root() or ""),
+        "nodes": [{"id": n.id, "cpus": format_cpulist(n.cpus), "cpu_count": len(n.cpus),
+                   "mem_gib": round(n.mem_kb / 2**20, 1),
+                   "distances": [n.distances.get(m, 0) for m in sorted(topo.nodes)]}
+                  for n in topo.nodes.values()],
+        "gpu_source": source,
+        "gpus": [],
+        "process": {
+            "allowed_cpus": format_cpulist(allowed.cpus),
+            "allowed_mems": format_cpulist(allowed.mems),
+            "set_mempolicy": mempolicy_permitted(min(allowed.mems) if allowed.mems else 0),
+            "numactl": shutil.which("numactl") or "",
+            "kill_switch": environment.disabled(),
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST"),
+        },
+    }
+    order = os.environ.get("CUDA_DEVICE_ORDER")
+    for gpu in gpus:
+        # plan for the GPU by its PCI (NVML) index, whatever CUDA would call it
+        entry = str(gpu.index) if (order or "").upper() == "PCI_BUS_ID" else gpu.uuid or str(gpu.index)
+        decision = plan_for(options, [entry], topo, allowed)
+        plan = ({"cpus": format_cpulist(decision.cpus), "memory": decision.memory,
+                 "mem_nodes": format_cpulist(decision.mem_nodes), "reason": decision.reason}
+                if isinstance(decision, Plan) else {"skip": decision.message()})
+        report["gpus"].append({"index": gpu.index, "bus_id": gpu.bus_id, "uuid": gpu.uuid,
+                               "name": gpu.name, "numa_node": gpu_numa_node(gpu, sys_root),
+                               "mig": list(gpu.mig_uuids), "plan": plan})
+    return report
