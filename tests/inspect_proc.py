@@ -41,3 +41,27 @@ def inspect(**extra) -> Dict:
 
 def report(**extra) -> None:
     print(json.dumps(inspect(**extra), default=str))
+
+
+def touch_buffer(mib: int):
+    """Allocate and first-touch ``mib`` MiB of anonymous memory; returns (mmap, address)."""
+    import ctypes
+    import mmap
+    buf = mmap.mmap(-1, mib << 20)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    ctypes.memset(addr, 1, mib << 20)
+    return buf, addr
+
+
+def node_pages(addr: int) -> Dict[int, int]:
+    """Pages per NUMA node of the mapping starting at ``addr`` (/proc/self/numa_maps)."""
+    for line in open("/proc/self/numa_maps"):
+        if line.startswith(f"{addr:x} "):
+            return {int(k[1:]): int(v) for k, v in
+                    (f.split("=") for f in line.split() if re.match(r"N\d+=", f))}
+    raise LookupError(f"no mapping at {addr:#x} in /proc/self/numa_maps")
+
+
+def share_on(pages: Dict[int, int], node: int) -> float:
+    total = sum(pages.values())
+    return pages.get(node, 0) / total if total else 0.0

@@ -1,0 +1,16 @@
+#!/bin/busybox sh
+# /init of the VM tier's initramfs: load virtio + 9p, mount the host's root read-only,
+# chroot into it and run /tmp/xfer/cmd.sh, writing out.txt and a last CMD_RC=<n> line.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /mods/order); do insmod /mods/$m.ko 2>/dev/null || echo "insmod $m failed"; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || { echo 9P_MOUNT_FAILED; poweroff -f; }
+mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
+mount -t tmpfs tmp /host/tmp; mkdir -p /host/tmp/xfer /host/dev/shm
+mount -t tmpfs shm /host/dev/shm
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xfer /host/tmp/xfer
+echo "GUEST_UP uptime=$(cut -d' ' -f1 /proc/uptime)"
+chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp /bin/sh /tmp/xfer/cmd.sh > /host/tmp/xfer/out.txt 2>&1
+echo "CMD_RC=$?" >> /host/tmp/xfer/out.txt
+sync; umount /host/tmp/xfer
+poweroff -f

@@ -1,0 +1,127 @@
+"""Run inside the VM tier's guest kernel (RAY_NUMA_IN_VM=1); skipped elsewhere.
+
+Real multi-node kernel, real sysfs, a PCI function on node 1 standing in for a GPU
+that the fake NVML (only ``nvml.json`` in the fixture) names by its bus id, so the
+GPU's node comes from the guest kernel. Pages are counted in /proc/self/numa_maps.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ray_numa.topology import format_cpulist, read_topology
+from tests.procs import ROOT, child_report
+
+pytestmark = pytest.mark.skipif(os.environ.get("RAY_NUMA_IN_VM") != "1",
+                                reason="runs inside the VM tier (tests/vm)")
+BUS = "0000:81:00.0"
+TOPO = read_topology(__import__("pathlib").Path("/sys"))
+
+
+@pytest.fixture(scope="module")
+def nvml_fixture(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vm-nvml")
+    (root / "nvml.json").write_text(json.dumps({"devices": [
+        {"uuid": "GPU-0f0f0f0f-0000-0000-0000-000000000001", "name": "stand-in",
+         "bus_id": "00000000:81:00.0", "compute_capability": [9, 0]}]}))
+    return {"RAY_NUMA_FIXTURE": str(root)}
+
+
+def layout():
+    return "two-node" if os.path.exists(f"/sys/bus/pci/devices/{BUS}") else "four-node"
+
+
+two_node = pytest.mark.skipif("layout() != 'two-node'")
+four_node = pytest.mark.skipif("layout() != 'four-node'")
+
+ALLOC_AFTER = '''
+from ray_numa import bind_current_process
+b = bind_current_process({args})
+buf, addr = touch_buffer(256)
+report(binding=b.as_dict(), pages=node_pages(addr), show=numactl_show())
+'''
+
+
+@two_node
+def test_gpu_standin_node_comes_from_the_guest_kernel():
+    assert open(f"/sys/bus/pci/devices/{BUS}/numa_node").read().strip() == "1"
+    assert sorted(TOPO.nodes) == [0, 1]
+
+
+@two_node
+def test_bind_current_process_puts_new_memory_on_the_gpus_node(nvml_fixture):
+    r = child_report(ALLOC_AFTER.format(args="gpu=0"), env=nvml_fixture)
+    node1 = format_cpulist(TOPO.nodes[1].cpus)
+    assert r["binding"]["status"] == "bound" and r["binding"]["backend"] == "syscall"
+    assert r["cpus_allowed"] == node1 and r["thread_cpus"] == [node1]
+    assert r["mempolicy"] == ["bind", [1]] and r["show"]["membind"] == "1"
+    pages = {int(k): v for k, v in r["pages"].items()}
+    assert pages.get(1, 0) / sum(pages.values()) >= 0.99, pages
+
+
+@two_node
+@pytest.mark.parametrize("migrate", [True, False])
+def test_pages_touched_before_an_in_process_bind_are_migrated(nvml_fixture, migrate):
+    r = child_report(f'''
+        from ray_numa import syscalls
+        syscalls.set_mempolicy("bind", [0])     # first touch on node 0 (the affinity
+        buf, addr = touch_buffer(256)           # stays open: binding never widens it)
+        before = node_pages(addr)
+        from ray_numa import bind_current_process
+        b = bind_current_process(gpu=0, options={{"migrate": {migrate}}})
+        report(binding=b.as_dict(), before=before, after=node_pages(addr))
+    ''', env=nvml_fixture)
+    assert r["binding"]["status"] == "bound" and r["mempolicy"] == ["bind", [1]]
+    before = {int(k): v for k, v in r["before"].items()}
+    after = {int(k): v for k, v in r["after"].items()}
+    assert before.get(0, 0) / sum(before.values()) >= 0.99, before
+    share1 = after.get(1, 0) / sum(after.values())
+    assert (share1 >= 0.99) if migrate else (share1 <= 0.01), after
+
+
+@two_node
+def test_exec_binds_the_command_to_the_gpus_node(nvml_fixture):
+    code = ("from tests.inspect_proc import *; buf, addr = touch_buffer(256); "
+            "report(pages=node_pages(addr), show=numactl_show())")
+    proc = subprocess.run([sys.executable, "-m", "ray_numa.cli", "exec", "--gpu", "0", "--",
+                           sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **nvml_fixture),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.splitlines()[-1])
+    assert r["cpus_allowed"] == format_cpulist(TOPO.nodes[1].cpus)
+    assert r["show"]["policy"] == "bind" and r["show"]["membind"] == "1"
+    pages = {int(k): v for k, v in r["pages"].items()}
+    assert pages.get(1, 0) / sum(pages.values()) >= 0.99, pages
+
+
+def _node(pred):
+    return next(n.id for n in TOPO.nodes.values() if pred(n))
+
+
+@four_node
+def test_cpu_less_node_binds_cpus_nearby_and_memory_on_it():
+    cpuless = _node(lambda n: not n.cpus and n.mem_kb > 0)
+    r = child_report(ALLOC_AFTER.format(args=f"node={cpuless}"))
+    b = r["binding"]
+    nearest = TOPO.nearest(cpuless, lambda n: bool(n.cpus))
+    assert b["cpu_nodes"] == list(nearest) and b["mem_nodes"] == [cpuless]
+    assert r["cpus_allowed"] == format_cpulist(TOPO.nodes[nearest[0]].cpus)
+    pages = {int(k): v for k, v in r["pages"].items()}
+    assert pages.get(cpuless, 0) / sum(pages.values()) >= 0.99, pages
+
+
+@four_node
+def test_memory_less_node_binds_memory_to_the_nearest_node_with_memory():
+    memless = _node(lambda n: n.cpus and n.mem_kb == 0)
+    failed = subprocess.run(["numactl", f"--membind={memless}", "true"], capture_output=True)
+    assert failed.returncode != 0          # what a naive --membind would hit
+    r = child_report(ALLOC_AFTER.format(args=f"node={memless}"))
+    b = r["binding"]
+    target = TOPO.nearest(memless, lambda n: n.mem_kb > 0)
+    assert b["status"] == "bound" and b["mem_nodes"] == list(target)
+    assert r["cpus_allowed"] == format_cpulist(TOPO.nodes[memless].cpus)
+    pages = {int(k): v for k, v in r["pages"].items()}
+    assert sum(pages.get(t, 0) for t in target) / sum(pages.values()) >= 0.99, pages
