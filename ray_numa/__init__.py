@@ -13,7 +13,8 @@ from .options import BindOptions, OptionsError, parse as parse_options
 __version__ = "0.1.0"
 
 __all__ = ["Binding", "BindOptions", "OptionsError", "current_binding",
-           "parse_options", "register", "plugin_env", "bind_current_process"]
+           "parse_options", "register", "plugin_env", "bind_current_process",
+           "check_cluster"]
 
 
 def register(environ: Any = None) -> None:
@@ -32,3 +33,9 @@ def bind_current_process(*args: Any, **kwargs: Any) -> Binding:
     """Bind this (non-Ray-worker) process; see :func:`ray_numa.launcher.bind_current_process`."""
     from .launcher import bind_current_process as _bind
     return _bind(*args, **kwargs)
+
+
+def check_cluster(timeout: float = 120) -> dict:
+    """Raise unless every alive node of the connected cluster runs the plugin."""
+    from .cluster import check_cluster as _check
+    return _check(timeout)

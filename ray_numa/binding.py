@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import environment
@@ -165,6 +166,26 @@ def process_binder() -> Binder:
     return _binder
 
 
+PLUGIN_MISSING = ("numa_bind was requested but the ray-numa plugin is not enabled on "
+                  "this node; start Ray there after: eval \"$(ray-numa env)\"")
+
+
+def _requested_without_plugin() -> bool:
+    """A Ray worker whose runtime_env asks for numa_bind that no plugin acted on."""
+    ray = sys.modules.get("ray")
+    if ray is None or os.environ.get(environment.SPEC_ENV) or not ray.is_initialized():
+        return False
+    try:
+        value = ray.get_runtime_context().runtime_env.get("numa_bind")
+    except Exception:
+        return False
+    return value not in (None, "off")
+
+
 def current_binding() -> Binding:
     """What this process is bound to, and why; ``status == "unbound"`` if untouched."""
-    return _binder.binding if _binder is not None else UNBOUND
+    if _binder is not None:
+        return _binder.binding
+    if _requested_without_plugin():
+        return Binding(status="unbound", reason=PLUGIN_MISSING)
+    return UNBOUND
