@@ -8,33 +8,14 @@ given fake GPUs: alone, the actors start unbound and say why; with ``--fixture``
 they resolve their GPU on a copy of a real server's topology (tests/fixtures) and
 report the plan they recorded instead of applying it.
 """
-import argparse
 import os
 import sys
-import tempfile
-from pathlib import Path
 
-import ray
+from _common import arguments, start_ray
 
 import ray_numa
 
-args = argparse.ArgumentParser()
-args.add_argument("--fixture", help="a machine from tests/fixtures/machines.py")
-args.add_argument("--gpus", type=int, default=None, help="GPUs to give Ray (default: all)")
-opts = args.parse_args()
-
-gpus = opts.gpus
-if opts.fixture:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.fixtures.build import build
-    from tests.fixtures.machines import MACHINES
-    tree = build(opts.fixture, Path(tempfile.mkdtemp(prefix="ray-numa-fixture-")))
-    os.environ["RAY_NUMA_FIXTURE"] = str(tree)   # reaches the raylet and workers
-    gpus = gpus or len(MACHINES[opts.fixture]["gpus"])
-
-ray_numa.register()          # before ray.init: enables the numa_bind plugin
-ray.init(num_cpus=8, num_gpus=gpus if gpus is not None else 2,
-         include_dashboard=False, log_to_driver=False)
+ray = start_ray(arguments(__doc__))
 
 
 @ray.remote(num_gpus=1, runtime_env={"numa_bind": "auto"})

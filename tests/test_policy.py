@@ -124,3 +124,34 @@ def test_bad_gpu_id_is_a_skip_not_a_crash(on_machine):
     on_machine("dgx-h100")
     d = plan("auto", ["GPU-does-not-exist"])
     assert isinstance(d, Skip) and "names none" in d.reason
+
+
+def test_exclusive_keeps_smt_siblings_together_and_shares_do_not_overlap(on_machine):
+    on_machine("smt-l3")
+    a, b = (plan({"cpus": "exclusive"}, [g]) for g in (0, 1))
+    assert format_cpulist(a.cpus) == "0-15" and format_cpulist(b.cpus) == "16-31"
+    for share in (a.cpus, b.cpus):
+        assert all((c ^ 1) in share for c in share)          # sibling 2k <-> 2k+1
+    assert_plan(plan({"cpus": "exclusive"}, [3]), "48-63", [1])
+
+
+def test_core_complex_gives_each_gpu_an_l3_group(on_machine):
+    on_machine("smt-l3")
+    groups = [format_cpulist(plan({"cpus": "core-complex"}, [g]).cpus) for g in range(4)]
+    assert groups == ["0-7", "8-15", "32-39", "40-47"]
+
+
+def test_socket_mode_on_nps2_takes_both_nodes(on_machine):
+    on_machine("smt-l3")
+    assert_plan(plan({"cpus": "socket"}, [2]), "0-63", [0, 1])
+
+
+@pytest.mark.parametrize("machine,gpu,cpus", [("dgx-h100", 6, DGX1), ("gb200", 2, "72-143")])
+def test_core_complex_on_one_l3_per_socket_is_the_whole_node(on_machine, machine, gpu, cpus):
+    on_machine(machine)
+    assert format_cpulist(plan({"cpus": "core-complex"}, [gpu]).cpus) == cpus
+
+
+def test_exclusive_on_nps4_with_one_gpu_per_node_is_the_whole_node(on_machine):
+    on_machine("amd-nps4")
+    assert_plan(plan({"cpus": "exclusive"}, [4]), "120-143,312-335", [5])

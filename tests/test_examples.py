@@ -1,0 +1,47 @@
+"""Every example runs on this GPU-less machine and says what it bound."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, *args], cwd=EXAMPLES, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.ray
+def test_main_example_on_this_machine_runs_unbound_and_says_why():
+    out = run("actor_auto.py")
+    assert out.count("skipped - GPU(s)") == 2 and "no NVIDIA GPU" in out
+    assert "bad value rejected at .remote()" in out
+
+
+@pytest.mark.ray
+def test_main_example_on_a_dgx_fixture():
+    out = run("actor_auto.py", "--fixture", "dgx-h100")
+    assert out.count("CPUs 0-55,112-167, memory bind [0]") == 4
+    assert out.count("CPUs 56-111,168-223, memory bind [1]") == 4
+
+
+@pytest.mark.ray
+def test_vllm_example_binds_every_worker_and_not_the_engine():
+    out = run("vllm_on_ray.py", "--fixture", "dgx-h100")
+    assert out.count(": bound - GPU") == 8 and "CPU-only engine actor: skipped" in out
+
+
+def test_torchrun_example_ranks_follow_remapped_devices():
+    out = run("torchrun_launcher.py", "--fixture", "dgx-h100")
+    assert "rank 0 (cuda:0 = GPU ['6']): bound" in out
+    assert "rank 1 (cuda:1 = GPU ['1']): bound" in out
+
+
+@pytest.mark.ray
+def test_serve_example_replicas_bind():
+    out = run("serve_deployment.py", "--fixture", "dgx-h100")
+    assert out.count("bound - GPU") == 2
