@@ -73,7 +73,7 @@ def ray_cluster(fixture_root=None, job_runtime_env=None, **init_kwargs):
     if fixture_root is not None:
         os.environ["RAY_NUMA_FIXTURE"] = str(fixture_root)
     ray_numa.register()
-    kwargs = dict(num_cpus=16, include_dashboard=False, log_to_driver=True,
+    kwargs = dict(address="local", num_cpus=16, include_dashboard=False, log_to_driver=True,
                   runtime_env=job_runtime_env)
     kwargs.update(init_kwargs)
     ray.init(**kwargs)

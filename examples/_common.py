@@ -36,6 +36,6 @@ def start_ray(args: argparse.Namespace, runtime_env=None):
     # workers import the repository's helpers (tests.standins, serve_config)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "examples"),
                                                 os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=16, num_gpus=gpus if gpus is not None else 2,
+    ray.init(address="local", num_cpus=16, num_gpus=gpus if gpus is not None else 2,
              include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     return ray
