@@ -63,7 +63,13 @@ class NumaBindPlugin(RuntimeEnvPlugin):
         options = parse(runtime_env.get(self.name))
         if not options.enabled:
             return
-        argv = self._prefixes.get(options.to_json(), [])
+        if runtime_env.get("image_uri") or runtime_env.get("container"):
+            # the worker runs in an image where this file's path means nothing
+            logger.warning("numa_bind: not binding a containerized worker; run "
+                           "`ray-numa exec` or bind_current_process() inside the image")
+            return
+        disabled = environment.disabled(runtime_env.env_vars())
+        argv = [] if disabled else self._prefixes.get(options.to_json(), [])
         context.env_vars[environment.SPEC_ENV] = options.to_json()
         context.env_vars[environment.PREFIX_ENV] = json.dumps(argv)
         prefix = "" if not argv or environment.simulated() else shlex.join(argv) + " "

@@ -138,3 +138,13 @@ def test_permission_ladder_falls_back_and_names_sys_nice():
     assert backend.tried == ["bind", "preferred"]
     assert applied.memory == "none"
     assert any(SYS_NICE_FIX in n for n in applied.notes)
+
+
+def test_log_level_env_controls_the_binding_line():
+    code = '''
+        from ray_numa import bind_current_process
+        bind_current_process(node=0)
+        report()
+    '''
+    assert "[ray_numa] INFO pid" in run_child(code).stderr
+    assert "[ray_numa]" not in run_child(code, env={"RAY_NUMA_LOG_LEVEL": "WARNING"}).stderr

@@ -95,3 +95,38 @@ def test_non_strict_unplaceable_gpu_warns_and_actor_runs(ray):
     r = ray.get(probe.remote().inspect.remote(), timeout=120)
     assert r["binding"]["status"] == "skipped" and "is unknown" in r["binding"]["reason"]
     assert sorted(r["gpu_ids"]) == ["0", "1", "2"]
+
+
+def test_wraps_the_interpreter_another_plugin_chose(ray):
+    import sys
+    # py_executable (priority 10) picks the interpreter; numa_bind (90) wraps it
+    probe = make_probe(ray, num_gpus=1, runtime_env={
+        "numa_bind": {"cpus": [0]}, "py_executable": f"{sys.executable} -X faulthandler"})
+
+    r = ray.get(probe.remote().inspect.remote(), timeout=120)
+    assert r["binding"]["status"] == "bound" and r["affinity"] == [0]
+    flags = ray.get(make_flag_probe(ray).remote().flags.remote(), timeout=120)
+    assert flags["faulthandler"] and flags["bound"] == "bound"
+
+
+def make_flag_probe(ray):
+    import sys
+
+    @ray.remote(runtime_env={"numa_bind": {"node": 0, "cpus": [0]},
+                             "py_executable": f"{sys.executable} -X faulthandler"})
+    class Flags:
+        def flags(self):
+            import faulthandler
+            import ray_numa
+            return {"faulthandler": faulthandler.is_enabled(),
+                    "bound": ray_numa.current_binding().status}
+    return Flags
+
+
+def test_kill_switch_in_a_jobs_env_vars_turns_binding_off(ray):
+    probe = make_probe(ray, runtime_env={"numa_bind": {"node": 0, "cpus": [0]},
+                                         "env_vars": {"RAY_NUMA_DISABLE": "1"}})
+    r = ray.get(probe.remote().inspect.remote(), timeout=120)
+    assert r["binding"]["status"] == "off" and "kill switch" in r["binding"]["reason"]
+    assert len(r["affinity"]) == len(__import__("os").sched_getaffinity(0))
+    assert r["mempolicy"] == ["default", []]

@@ -10,6 +10,9 @@ Layouts (the guest renumbers nodes, so tests read the guest's sysfs):
   (e1000e, standing in for a GPU) on node 1 at 0000:81:00.0.
 * ``four-node``: nodes with CPU+memory (0, 1), a CPU-less node with memory, and a
   memory-less node with two CPUs.
+
+The guest's /tmp is a fresh tmpfs, so this checkout is shared separately and mounted
+at its own path (CI clones may live under /tmp).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 HERE = Path(__file__).parent
+REPO = HERE.parents[1]          # this checkout, shared with the guest at the same path
 # Loaded in this order (virtio_ring before virtio, 9pnet before 9p).
 MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
            "virtio_pci", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p"]
@@ -144,10 +148,13 @@ def boot(layout: str, script: str, timeout: float = 540, memory_note: str = "") 
         Path(xfer, "cmd.sh").write_text(script)
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max",
                "-kernel", str(vmlinuz), "-initrd", str(initrd),
-               "-append", "console=ttyS0 quiet panic=-1", "-nographic", "-no-reboot",
+               "-append", f"console=ttyS0 quiet panic=-1 ray_numa_repo={REPO}",
+               "-nographic", "-no-reboot",
                "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
                           "multidevs=remap",
                "-virtfs", f"local,path={xfer},mount_tag=xfer,security_model=none",
+               "-virtfs", f"local,path={REPO},mount_tag=repo,security_model=none,"
+                          "readonly=on,multidevs=remap",
                *LAYOUTS[layout]]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
