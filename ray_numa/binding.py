@@ -108,11 +108,11 @@ class Binder:
                 status="off", reason=f"{environment.DISABLE_ENV} is set (kill switch)"))
         if options.auto and gpus == self._gpu_key:
             return self.binding            # same GPUs as the last task: nothing to do
-        if options.auto and not gpus and self.binding.status == "bound":
-            self.unbind("this task has no GPU")
         decision = plan_for(options, gpus, self.topology, self.allowed)
         self._gpu_key = gpus if options.auto else None
         if isinstance(decision, Skip):
+            if self.binding.status == "bound":   # a pooled worker's previous task
+                self.unbind(decision.reason)
             return self.skip(decision, options, gpus)
         try:
             applied = apply_plan(decision, self.backend, options.migrate,

@@ -148,3 +148,19 @@ def test_log_level_env_controls_the_binding_line():
     '''
     assert "[ray_numa] INFO pid" in run_child(code).stderr
     assert "[ray_numa]" not in run_child(code, env={"RAY_NUMA_LOG_LEVEL": "WARNING"}).stderr
+
+
+def test_a_pooled_worker_whose_next_gpu_cannot_be_bound_is_released(machine_tree):
+    """Bound for one GPU, then a GPU with an unknown node: back to the start state."""
+    r = child_report('''
+        from ray_numa.binding import process_binder
+        from ray_numa.options import parse
+        binder = process_binder()
+        first = binder.bind(parse("auto"), ["0"])
+        second = binder.bind(parse("auto"), ["1"])
+        report(first=first.as_dict(), second=second.as_dict())
+    ''', env={"RAY_NUMA_FIXTURE": str(machine_tree("mixed")), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"})
+    assert r["first"]["status"] == "bound" and r["first"]["cpus"] == "0-31"
+    assert r["second"]["status"] == "skipped" and "is unknown" in r["second"]["reason"]
+    assert [list(c) for c in r["second"]["calls"]][-2:] == [
+        ["sched_setaffinity", "all-threads", "0-63"], ["set_mempolicy", "default", ""]]
