@@ -56,7 +56,7 @@ def format_report(report: Dict[str, Any]) -> str:
                if rows else "  none")
     p = report["process"]
     out.append("\nThis process")
-    out.append(_table([[k, "" if v is None else v] for k, v in p.items()], ["", ""]))
+    out.append(_table([[k, "" if v is None else v] for k, v in p.items()], ["setting", "value"]))
     return "\n".join(out)
 
 
