@@ -36,7 +36,7 @@ class Skip:
     """Binding is impossible or pointless; ``fix`` says what the user can do."""
     reason: str
     fix: str = ""
-    quiet: bool = False          # expected (one-node machine): no warning
+    quiet: bool = False          # expected (no GPU, span="skip"): no warning
 
     def message(self) -> str:
         return f"{self.reason}; {self.fix}" if self.fix else self.reason
@@ -103,7 +103,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
         return Skip("no GPU assigned to this worker", quiet=True)
     explicit_cpus = not isinstance(options.cpus, str)
     if len(topo.nodes) == 1 and options.auto and not explicit_cpus:
-        return Skip("this machine has a single NUMA node; nothing to bind", quiet=True)
+        return Skip("this machine has a single NUMA node; nothing to bind")
     for t in targets:
         if t.node is None:
             return Skip(f"the NUMA node of {t.label} is unknown (sysfs numa_node is -1 "

@@ -57,7 +57,7 @@ def test_explicit_node_starts_worker_under_numactl(ray):
     assert shown["physcpubind"] == "0"
 
 
-def test_auto_on_a_one_node_machine_runs_unbound_quietly(ray):
+def test_auto_on_a_one_node_machine_runs_unbound(ray):
     probe = make_probe(ray, num_gpus=1, runtime_env={"numa_bind": "auto"})
     r = ray.get(probe.remote().inspect.remote(), timeout=120)
     assert r["binding"]["status"] == "skipped"
