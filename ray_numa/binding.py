@@ -119,6 +119,8 @@ class Binder:
                                  self.topology.nodes)
         except OSError as exc:
             return self.skip(Skip(f"the kernel refused the binding: {exc}"), options, gpus)
+        if options.strict and applied.memory != decision.memory:
+            raise BindError(f"numa_bind (strict): {'; '.join(applied.notes)}")
         binding = self._bound(decision, applied.memory, self.backend.name, gpus,
                               decision.notes + applied.notes)
         for note in applied.notes:

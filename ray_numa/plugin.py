@@ -91,9 +91,11 @@ def _numactl_prefix(options: BindOptions, logger: logging.Logger) -> List[str]:
     argv, memory, notes = probe_numactl(decision)
     for note in notes:
         logger.warning("numa_bind: %s", note)
-    if options.strict and (argv is None or memory != decision.memory):
+    if argv is None:
+        return []        # no usable numactl: the worker binds with syscalls
+    if options.strict and memory != decision.memory:
         raise BindError(f"numa_bind (strict): {'; '.join(notes)}")
-    return argv or []
+    return argv
 
 
 def plugin_env() -> Dict[str, str]:

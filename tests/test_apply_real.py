@@ -164,3 +164,29 @@ def test_a_pooled_worker_whose_next_gpu_cannot_be_bound_is_released(machine_tree
     assert r["second"]["status"] == "skipped" and "is unknown" in r["second"]["reason"]
     assert [list(c) for c in r["second"]["calls"]][-2:] == [
         ["sched_setaffinity", "all-threads", "0-63"], ["set_mempolicy", "default", ""]]
+
+
+def test_strict_refuses_a_weaker_memory_policy_than_asked(machine_tree):
+    """seccomp denies set_mempolicy: non-strict degrades, strict fails with the fix."""
+    r = child_report('''
+        import errno
+        from ray_numa.apply import BindError
+        from ray_numa.binding import process_binder
+        from ray_numa.options import parse
+        binder = process_binder()
+        def denied(mode, nodes):
+            raise PermissionError(errno.EPERM, f"set_mempolicy({mode}): Operation not permitted")
+        binder.backend.set_mempolicy = denied
+        lenient = binder.bind(parse({"node": 0}))
+        try:
+            binder.bind(parse({"node": 1, "strict": True}))
+            strict = "bound"
+        except BindError as exc:
+            strict = str(exc)
+        report(lenient=lenient.as_dict(), strict=strict)
+    ''', env={"RAY_NUMA_FIXTURE": str(machine_tree("dgx-h100"))})
+    assert r["lenient"]["status"] == "bound" and r["lenient"]["memory"] == "none"
+    assert any("SYS_NICE" in n for n in r["lenient"]["notes"])
+    assert r["strict"].startswith("numa_bind (strict): ")
+    assert "set_mempolicy(bind): Operation not permitted" in r["strict"]
+    assert "--cap-add SYS_NICE" in r["strict"]
