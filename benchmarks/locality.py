@@ -5,7 +5,6 @@ an unbound process, a process bound before allocating, and an in-process bind af
 allocating, with and without migration. Each case is a fresh child process.
 """
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path

@@ -12,7 +12,6 @@ all of the node's GPUs) so it works without vLLM or a GPU:
 
     python examples/vllm_on_ray.py --fixture dgx-h100
 """
-import os
 import sys
 
 from _common import ROOT, arguments, start_ray

@@ -68,7 +68,7 @@ def _share(items: Sequence[FrozenSet[int]], k: int, n: int) -> FrozenSet[int]:
     return frozenset().union(*items[lo:hi]) if hi > lo else frozenset()
 
 
-def _share_of(topo: Topology, options: BindOptions, target: Target,
+def _share_of(topo: Topology, target: Target,
               peer_nodes: Sequence[Optional[int]]) -> Tuple[int, int]:
     """Which share of its node a GPU gets: its place among the node's GPUs."""
     if target.peer is None or target.node is None:
@@ -84,7 +84,7 @@ def _mode_cpus(topo: Topology, options: BindOptions, target: Target,
     node_cpus = frozenset().union(*(topo.nodes[n].cpus for n in cpu_nodes))
     if options.cpus in ("node", "socket"):
         return node_cpus
-    k, n = _share_of(topo, options, target, peer_nodes)
+    k, n = _share_of(topo, target, peer_nodes)
     if options.cpus == "exclusive":
         cores = {}
         for c in sorted(node_cpus):

@@ -3,7 +3,6 @@
 Each layout is one boot running one pytest session inside the guest, against this
 machine's own Python and checkout (host root over 9p, read-only).
 """
-import os
 import sys
 from pathlib import Path
 
