@@ -108,3 +108,14 @@ def test_two_gpu_actor_across_nodes_follows_span(ray, span, cpus):
         assert b["mem_nodes"] == ([0, 1] if span == "union" else [node_of(b["gpus"][0])])
     for h in holders:
         ray.kill(h)
+
+
+def test_off_on_an_actor_overrides_the_job_level_auto(ray):
+    @ray.remote(num_gpus=1, runtime_env={"numa_bind": "off"})
+    class Free:
+        def inspect(self):
+            return inspect(gpu_ids=[str(g) for g in ray.get_gpu_ids()])
+
+    r = ray.get(Free.remote().inspect.remote(), timeout=120)
+    assert r["gpu_ids"] and r["binding"]["status"] == "unbound"
+    assert r["binding"]["calls"] == [] and "plugin" not in r["binding"]["reason"]
