@@ -48,11 +48,11 @@ def _targets(gpu_ids: Sequence[str]) -> Tuple[List[Target], List[Optional[int]]]
         raise GpuResolutionError(
             f"GPU(s) {', '.join(gpu_ids)} were assigned but this machine shows no NVIDIA "
             f"GPU (from {source}); with fake num_gpus there is nothing to bind to")
-    sys_root = environment.sys_root()
+    peers = [gpu_numa_node(g, environment.sys_root()) for g in gpus]   # PCI order
     chosen = resolve_visible(gpu_ids, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
-    targets = [Target(label=f"GPU {g.index} ({g.bus_id})",
-                      node=gpu_numa_node(g, sys_root), peer=g.index) for g in chosen]
-    return targets, [gpu_numa_node(g, sys_root) for g in gpus]
+    targets = [Target(label=f"GPU {g.index} ({g.bus_id})", node=peers[g.index],
+                      peer=g.index) for g in chosen]
+    return targets, peers
 
 
 def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),

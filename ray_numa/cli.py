@@ -85,6 +85,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from .apply import numactl_argv
     from .binding import plan_for
     from .launcher import bind_current_process, resolve_options
+    from .policy import Plan
     if not args.command:
         print("ray-numa exec: give the command after --", file=sys.stderr)
         return 2
@@ -92,7 +93,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     options = resolve_options(gpu, None, _options_value(args))
     if args.numactl and not options.auto and not environment.simulated():
         plan = plan_for(options)
-        if hasattr(plan, "cpus"):
+        if isinstance(plan, Plan):
             argv = numactl_argv(plan) + list(args.command)
             os.execvp(argv[0], argv)
     binding = bind_current_process(gpu, options=options)

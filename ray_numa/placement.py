@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 from . import environment
 from .gpus import discover_gpus, gpu_numa_node
-from .policy import _cpu_nodes_for
+from .policy import cpu_nodes_for
 from .topology import machine_topology
 
 LABEL_PREFIX = "ray-numa.io"
@@ -23,13 +23,12 @@ def node_gpu_layout() -> Dict[str, Any]:
     Grace) as custom resources and node labels."""
     topo = machine_topology()
     gpus, _ = discover_gpus()
-    per_node: Counter = Counter()
+    known: Counter = Counter()
     for gpu in gpus:
         node = gpu_numa_node(gpu, environment.sys_root())
-        if node is not None and node in topo.nodes:
-            node = _cpu_nodes_for(topo, node)[0] if _cpu_nodes_for(topo, node) else node
-        per_node["unknown" if node is None else node] += 1
-    known = {n: c for n, c in per_node.items() if n != "unknown"}
+        if node is None or node not in topo.nodes:
+            continue                      # unknown proximity: nothing to publish
+        known[(cpu_nodes_for(topo, node) or (node,))[0]] += 1
     resources = {f"numa_gpus_node{n}": float(c) for n, c in sorted(known.items())}
     labels = {f"{LABEL_PREFIX}/numa-nodes": str(len(topo.nodes)),
               f"{LABEL_PREFIX}/max-gpus-per-numa-node": str(max(known.values(), default=0))}

@@ -49,7 +49,7 @@ def _nodes_text(nodes: Iterable[int]) -> str:
     return format_cpulist(nodes) or "none"
 
 
-def _cpu_nodes_for(topo: Topology, node: int) -> Tuple[int, ...]:
+def cpu_nodes_for(topo: Topology, node: int) -> Tuple[int, ...]:
     """The node itself if it has CPUs, else the nearest nodes that do (GB200 HBM)."""
     if topo.nodes[node].cpus:
         return (node,)
@@ -73,9 +73,9 @@ def _share_of(topo: Topology, target: Target,
     """Which share of its node a GPU gets: its place among the node's GPUs."""
     if target.peer is None or target.node is None:
         return 0, 1
-    mine = _cpu_nodes_for(topo, target.node)
+    mine = cpu_nodes_for(topo, target.node)
     same = [i for i, n in enumerate(peer_nodes)
-            if n is not None and n in topo.nodes and _cpu_nodes_for(topo, n) == mine]
+            if n is not None and n in topo.nodes and cpu_nodes_for(topo, n) == mine]
     return (same.index(target.peer), len(same)) if target.peer in same else (0, 1)
 
 
@@ -121,7 +121,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
     if options.span == "first":
         targets = targets[:1]
 
-    cpu_nodes = sorted({c for t in targets for c in _cpu_nodes_for(topo, t.node)})
+    cpu_nodes = sorted({c for t in targets for c in cpu_nodes_for(topo, t.node)})
     if not cpu_nodes:
         return Skip(f"no NUMA node with CPUs is near {targets[0].label}")
     if options.cpus == "socket":
@@ -132,7 +132,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
         cpu_nodes = sorted({topo.node_of_cpu(c) for c in wanted} - {None})
     else:
         wanted = frozenset().union(*(
-            _mode_cpus(topo, options, t, tuple(_cpu_nodes_for(topo, t.node))
+            _mode_cpus(topo, options, t, tuple(cpu_nodes_for(topo, t.node))
                        if options.cpus != "socket" else tuple(cpu_nodes), peer_nodes)
             for t in targets))
     cpus = wanted & allowed.cpus
