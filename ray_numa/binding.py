@@ -31,6 +31,13 @@ class Binding:
     mem_nodes: Tuple[int, ...] = ()
     memory: str = "none"
     gpus: Tuple[str, ...] = ()     # the device ids bound for, as Ray/CUDA named them
+    #: Which rule chose the GPU(s): "assigned" (Ray's assignment), "followed device"
+    #: (the CUDA device the process selected), "local rank", "only visible GPU",
+    #: "device index"; "" for an explicit node.
+    gpu_rule: str = ""
+    #: Earlier bindings of this process, oldest first (each an ``as_dict()`` without
+    #: its own history), e.g. the bind at assignment before following the device.
+    history: Tuple[Dict[str, Any], ...] = ()
     backend: str = ""              # numactl | syscall | record
     notes: Tuple[str, ...] = ()
     calls: Tuple[Tuple[Any, ...], ...] = ()   # what the recording backend did
