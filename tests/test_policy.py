@@ -40,8 +40,9 @@ def test_dgx_memory_policies(on_machine):
     assert_plan(plan({"memory": "preferred"}, [5]), DGX1, [1], "preferred")
     assert_plan(plan({"memory": "interleave"}, [0, 7]), "0-223", [0, 1], "interleave")
     assert_plan(plan({"memory": "none"}, [5]), DGX1, [], "none")
-    pref = plan({"memory": "preferred"}, [0, 7])
-    assert pref.mem_nodes == (0,) and "takes one node" in pref.notes[0]
+    pref = plan({"memory": "preferred"}, [7, 0])
+    assert pref.mem_nodes == (0, 1) and pref.home == 1        # GPU 7's own node
+    assert "MPOL_PREFERRED_MANY" in pref.notes[0] and "else node 1" in pref.notes[0]
 
 
 def test_dgx_exclusive_splits_physical_cores_among_the_nodes_gpus(on_machine):

@@ -18,8 +18,8 @@ def test_dgx_nodes_distances_and_smt(machine_tree):
     assert format_cpulist(topo.nodes[1].cpus) == "56-111,168-223"
     assert topo.distance(0, 1) == 21 and topo.distance(1, 1) == 10
     assert topo.nodes[0].mem_kb == 1024 * 1024 * 1024
-    assert topo.cpus[5].core == topo.cpus[117].core == (0, 5)
-    assert topo.cpus[60].package == 1
+    assert topo.siblings(5) == topo.siblings(117) == {5, 117}
+    assert topo.package(60) == 1 and topo.package(5) == 0
 
 
 def test_gb200_cpu_less_nodes_resolve_to_nearest_grace(machine_tree):
@@ -35,7 +35,7 @@ def test_gb200_cpu_less_nodes_resolve_to_nearest_grace(machine_tree):
 def test_nps4_packages_and_l3_groups(machine_tree):
     topo = read_topology(machine_tree("amd-nps4") / "sys")
     assert topo.nodes_of_packages(topo.packages_of([1])) == (0, 1, 2, 3)
-    assert format_cpulist(topo.cpus[26].l3) == "24-31,216-223"
+    assert format_cpulist(topo.llc(26)) == "24-31,216-223"
 
 
 def test_cpuset_container_status_limits_allowed(machine_tree):
@@ -48,7 +48,8 @@ def test_cpuset_container_status_limits_allowed(machine_tree):
 
 def test_this_kernel_matches_proc_and_affinity():
     topo = read_topology(Path("/sys"))
-    assert set(topo.cpus) >= set(os.sched_getaffinity(0))
+    assert topo.online >= set(os.sched_getaffinity(0))
+    assert all(c in topo.siblings(c) and c in topo.llc(c) for c in topo.online)
     allowed = read_allowed(Path("/proc/self/status"), topo, frozenset(os.sched_getaffinity(0)))
     assert allowed.cpus == frozenset(os.sched_getaffinity(0))
     assert allowed.mems and allowed.mems <= set(topo.nodes)
