@@ -83,6 +83,14 @@ class Topology:
             self._memo[key] = read(self.cpu_root / f"cpu{cpu}") if self.cpu_root else None
         return self._memo[key]
 
+    def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> FrozenSet[int]:
+        """A set of CPUs sharing something with ``cpu`` (a core, a cache): the kernel
+        lists the same set for each member, so one read answers for all of them."""
+        shared = self._cpu_fact(kind, cpu, read) or frozenset([cpu])
+        for other in shared:
+            self._memo.setdefault((kind, other), shared)
+        return shared
+
     def package(self, cpu: int) -> int:
         """The CPU's socket (``physical_package_id``); 0 when the kernel has none."""
         value = self._cpu_fact("package", cpu, lambda d: _read(
@@ -95,13 +103,13 @@ class Topology:
         From ``thread_siblings_list`` (``core_cpus_list`` on kernels that dropped
         it), never from ``core_id``, which is only unique per die on some CPUs.
         """
-        return self._cpu_fact("siblings", cpu, lambda d: parse_cpulist(
+        return self._shared_fact("siblings", cpu, lambda d: parse_cpulist(
             _read(d / "topology/thread_siblings_list")
-            or _read(d / "topology/core_cpus_list"))) or frozenset([cpu])
+            or _read(d / "topology/core_cpus_list")))
 
     def llc(self, cpu: int) -> FrozenSet[int]:
         """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group)."""
-        return self._cpu_fact("llc", cpu, _read_llc) or frozenset([cpu])
+        return self._shared_fact("llc", cpu, _read_llc)
 
     def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[int]:
         """Sockets of the nodes: one CPU per node says which (a node is on one socket)."""

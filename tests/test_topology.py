@@ -1,5 +1,6 @@
 """Topology and allowed-resource discovery from fixture trees and this kernel."""
 import os
+import re
 from pathlib import Path
 
 from ray_numa import topology
@@ -65,3 +66,27 @@ def test_kernel_without_numa_dir_is_one_node(tmp_path):
 def test_machine_topology_is_cached(on_machine):
     on_machine("dgx-h100")
     assert topology.machine_topology() is topology.machine_topology()
+
+
+def _cpus_read(files):
+    return {int(m.group(1)) for f in files for m in [re.search(r"/cpu/cpu(\d+)/", f)] if m}
+
+
+def test_binding_one_gpu_opens_only_what_its_mode_needs(on_machine):
+    """Issue 11: node mode on the DGX H100 needs node lists, distances, meminfo and
+    the GPUs' PCI nodes (it opened 2929 files when every CPU was read up front);
+    the CPU modes read per-CPU files only for the CPUs of the GPU's node."""
+    from ray_numa.report import files_opened_to_plan
+    root = str(on_machine("dgx-h100"))
+    files_opened_to_plan("auto", ["0"])                      # imports out of the way
+    node = files_opened_to_plan("auto", ["0"])
+    assert len(node) <= 40 and all(f.startswith(root) for f in node)
+    assert not _cpus_read(node)
+    # socket: one CPU per node says which socket the node is on
+    assert _cpus_read(files_opened_to_plan({"cpus": "socket"}, ["0"])) == {0, 56}
+    node0 = set(range(56)) | set(range(112, 168))
+    for mode, most in (("exclusive", 56), ("core-complex", 8)):
+        files = files_opened_to_plan({"cpus": mode}, ["0"])
+        read = _cpus_read(files)
+        assert read and read <= node0, mode            # only the GPU's node
+        assert len(files) <= len(node) + most * 2, (mode, len(files))
