@@ -1,8 +1,10 @@
 """Turn topology + target nodes + allowed resources + options into a plan.
 
-Pure: no files, no syscalls, no environment. Every rule about CPU-less nodes,
-memory-less nodes, cpusets and multi-GPU spans lives here so it can be unit tested
-on fixture topologies of machines we do not have.
+Pure: no syscalls, no environment, no file handling of its own (per-CPU facts such
+as SMT siblings come from :class:`Topology`, which reads them on first use so that a
+mode that does not need them costs nothing). Every rule about CPU-less nodes,
+memory-less nodes, cpusets, the CPU modes' split and multi-GPU spans lives here so
+it can be unit tested on fixture topologies of machines we do not have.
 """
 from __future__ import annotations
 
@@ -146,7 +148,7 @@ def _memory(topo: Topology, allowed: Allowed, options: BindOptions,
             near = [m for c in cpu_nodes_for(topo, t.node) for m in _mem_nodes_for(topo, c)]
             if topo.nodes[t.node].mem_kb > 0:
                 near = [t.node]
-            elif memory != "none":
+            else:
                 text = (f"node {t.node} has no memory; memory {memory} on node(s) "
                         f"{_nodes_text(near)} instead")
                 if options.strict and memory == "bind":
