@@ -27,7 +27,7 @@ class GpuResolutionError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Gpu:
-    index: int                      # NVML index == position in PCI order
+    index: int                      # position in PCI bus order (not NVML's index)
     bus_id: str                     # sysfs form, e.g. 0000:18:00.0
     uuid: str = ""
     name: str = ""
