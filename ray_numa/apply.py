@@ -17,6 +17,7 @@ import errno
 import os
 import shutil
 import subprocess
+import threading
 from typing import Any, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from . import syscalls
@@ -84,6 +85,7 @@ class Applied:
     threads: int
     notes: Tuple[str, ...]
     migrated: bool = False
+    mem_nodes: Tuple[int, ...] = ()  # the nodes that policy names (after any fallback)
 
 
 def _ladder(memory: str) -> Tuple[str, ...]:
@@ -91,36 +93,86 @@ def _ladder(memory: str) -> Tuple[str, ...]:
             "interleave": ("interleave", "preferred")}.get(memory, ())
 
 
+def _home(plan: Plan) -> Tuple[int, ...]:
+    if plan.home is not None:
+        return (plan.home,)
+    return plan.mem_nodes[:1]
+
+
+def _attempts(plan: Plan, memory: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """(kernel mode, nodes) for one rung: "preferred" over several nodes is
+    MPOL_PREFERRED_MANY (kernel 5.15+), then MPOL_PREFERRED on the GPU's own node."""
+    if memory != "preferred":
+        return ((memory, plan.mem_nodes),)
+    if len(plan.mem_nodes) > 1:
+        return (("preferred_many", plan.mem_nodes), ("preferred", _home(plan)))
+    return (("preferred", _home(plan)),)
+
+
+def _steps(plan: Plan) -> List[Tuple[str, str, Tuple[int, ...]]]:
+    """Every (policy, kernel mode, nodes) to try, strongest first."""
+    return [(rung, mode, nodes) for rung in _ladder(plan.memory)
+            for mode, nodes in _attempts(plan, rung)]
+
+
 def apply_plan(plan: Plan, backend: Any, migrate: bool,
                all_nodes: Iterable[int]) -> Applied:
-    """Apply ``plan`` in-process; raises OSError only if CPU affinity itself fails."""
+    """Apply ``plan`` in-process; raises OSError only if CPU affinity itself fails.
+
+    Once affinity is set it stays set: a memory-policy error after it is reported in
+    the notes (memory "none"), so the record matches what the process really has.
+    """
     threads = backend.set_affinity(plan.cpus)
     notes: List[str] = []
-    memory = "none"
-    for mode in _ladder(plan.memory):
-        nodes = plan.mem_nodes if mode != "preferred" else plan.mem_nodes[:1]
+    memory, nodes, refused = "none", (), False
+    for rung, mode, wanted in _steps(plan):
         try:
-            backend.set_mempolicy(mode, nodes)
-            memory = mode
+            backend.set_mempolicy(mode, wanted)
+            memory, nodes = rung, tuple(wanted)
             break
         except OSError as exc:
+            if mode == "preferred_many" and exc.errno == errno.EINVAL:
+                continue            # kernel before 5.15: prefer the GPU's own node
             if exc.errno not in _PERMISSION:
-                raise
+                notes.append(f"{exc}; memory policy unchanged, CPUs stay pinned to "
+                             f"{format_cpulist(plan.cpus)}")
+                break
+            refused = True
             notes.append(f"{exc}")
-    if plan.memory != "none" and memory != plan.memory:
+    if refused and memory != plan.memory:
         notes.append(SYS_NICE_FIX + f"; memory policy is '{memory}' instead of "
                      f"'{plan.memory}'")
     migrated = False
     if migrate and memory in ("bind", "preferred"):
-        others = sorted(set(all_nodes) - set(plan.mem_nodes))
+        others = sorted(set(all_nodes) - set(nodes))
         if others:
             try:
-                backend.migrate(others, plan.mem_nodes[:1] if memory == "preferred"
-                                else plan.mem_nodes)
+                backend.migrate(others, nodes if memory == "bind" else _home(plan))
                 migrated = True
             except OSError as exc:
                 notes.append(f"pages touched before binding stay where they are: {exc}")
-    return Applied(memory=memory, threads=threads, notes=tuple(notes), migrated=migrated)
+    return Applied(memory=memory, threads=threads, notes=tuple(notes), migrated=migrated,
+                   mem_nodes=nodes)
+
+
+def probe_mempolicy(node: int) -> Optional[OSError]:
+    """Try ``set_mempolicy(MPOL_BIND, node)`` in a throwaway thread; the error, if any.
+
+    Memory policy is per thread: probing on the caller's thread would leave it reset
+    to "default" afterwards, undoing a binding the caller already has.
+    """
+    outcome: List[Optional[OSError]] = [None]
+
+    def probe() -> None:
+        try:
+            syscalls.set_mempolicy("bind", [node])
+        except OSError as exc:
+            outcome[0] = exc
+
+    thread = threading.Thread(target=probe, name="ray-numa-probe", daemon=True)
+    thread.start()
+    thread.join()
+    return outcome[0]
 
 
 def reset(backend: Any, cpus: FrozenSet[int]) -> None:
@@ -132,13 +184,19 @@ def reset(backend: Any, cpus: FrozenSet[int]) -> None:
         pass
 
 
-def numactl_argv(plan: Plan, memory: Optional[str] = None) -> List[str]:
-    """``numactl`` options for ``plan`` (exact CPUs, so cpuset limits are kept)."""
-    memory = plan.memory if memory is None else memory
-    nodes = format_cpulist(plan.mem_nodes)
-    mem = {"bind": [f"--membind={nodes}"],
-           "preferred": [f"--preferred={plan.mem_nodes[0]}"] if plan.mem_nodes else [],
-           "interleave": [f"--interleave={nodes}"]}.get(memory, [])
+_NUMACTL_FLAG = {"bind": "--membind", "preferred": "--preferred",
+                 "preferred_many": "--preferred-many", "interleave": "--interleave"}
+
+
+def numactl_argv(plan: Plan, mode: Optional[str] = None,
+                 nodes: Optional[Sequence[int]] = None) -> List[str]:
+    """``numactl`` options for ``plan`` (exact CPUs, so cpuset limits are kept);
+    ``mode``/``nodes`` pick one step of the ladder (default: the strongest)."""
+    if mode is None:
+        steps = _steps(plan)
+        mode, nodes = (steps[0][1], steps[0][2]) if steps else ("none", ())
+    mem = ([f"{_NUMACTL_FLAG[mode]}={format_cpulist(nodes or ())}"]
+           if mode in _NUMACTL_FLAG else [])
     return ["numactl", f"--physcpubind={format_cpulist(plan.cpus)}", *mem]
 
 
@@ -152,8 +210,8 @@ def probe_numactl(plan: Plan) -> Tuple[Optional[List[str]], str, Tuple[str, ...]
         return None, "none", ("numactl is not installed (apt-get install numactl); "
                               "binding in-process instead",)
     notes: List[str] = []
-    for memory in _ladder(plan.memory) + ("none",):
-        argv = numactl_argv(plan, memory)
+    for memory, mode, nodes in _steps(plan) + [("none", "none", ())]:
+        argv = numactl_argv(plan, mode, nodes)
         proc = subprocess.run([*argv, "true"], capture_output=True, text=True, timeout=30)
         if proc.returncode == 0:
             if plan.memory != "none" and memory != plan.memory:

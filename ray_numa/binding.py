@@ -18,7 +18,7 @@ from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visi
 from .options import BindOptions
 from .policy import Plan, Skip, Target, decide
 from .topology import (Allowed, Topology, format_cpulist, machine_topology,
-                       process_allowed)
+                       parse_cpulist, process_allowed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,16 +46,20 @@ class Binding:
         return dataclasses.asdict(self)
 
 
+_NUMACTL_MEMORY = {"--membind": "bind", "--preferred": "preferred",
+                   "--preferred-many": "preferred", "--interleave": "interleave"}
+
 UNBOUND = Binding(status="unbound", reason="ray_numa has not bound this process")
 
 
-def _targets(gpu_ids: Sequence[str]) -> Tuple[List[Target], List[Optional[int]]]:
+def _targets(gpu_ids: Sequence[str],
+             topo: Topology) -> Tuple[List[Target], List[Optional[int]]]:
     gpus, source = discover_gpus()
     if not gpus:
         raise GpuResolutionError(
             f"GPU(s) {', '.join(gpu_ids)} were assigned but this machine shows no NVIDIA "
             f"GPU (from {source}); with fake num_gpus there is nothing to bind to")
-    peers = [gpu_numa_node(g, environment.sys_root()) for g in gpus]   # PCI order
+    peers = [gpu_numa_node(g, environment.sys_root(), topo.nodes) for g in gpus]  # PCI order
     chosen = resolve_visible(gpu_ids, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
     targets = [Target(label=f"GPU {g.index} ({g.bus_id})", node=peers[g.index],
                       peer=g.index) for g in chosen]
@@ -72,7 +76,7 @@ def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
         if not gpu_ids:
             return Skip("no GPU assigned to this worker", quiet=True)
         try:
-            targets, peers = _targets(gpu_ids)
+            targets, peers = _targets(gpu_ids, topo)
         except GpuResolutionError as exc:
             return Skip(str(exc))
     else:
@@ -97,16 +101,20 @@ class Binder:
         self.binding = dataclasses.replace(binding, calls=calls)
         return self.binding
 
-    def skip(self, skip: Skip, options: BindOptions, gpus: Tuple[str, ...] = ()) -> Binding:
+    def skip(self, skip: Skip, options: BindOptions, gpus: Tuple[str, ...] = (),
+             gpu_rule: str = "") -> Binding:
         """Record (or, if strict, raise) that binding is not possible."""
         if options.strict:
             raise BindError(f"numa_bind (strict): {skip.message()}")
         if not skip.quiet:
             environment.warn_once(f"not binding: {skip.message()}; running unbound")
-        return self._record(Binding(status="skipped", reason=skip.message(), gpus=gpus))
+        return self._record(Binding(status="skipped", reason=skip.message(), gpus=gpus,
+                                    gpu_rule=gpu_rule))
 
-    def bind(self, options: BindOptions, gpu_ids: Sequence[str] = ()) -> Binding:
-        """Bind this process for ``options`` (and the GPUs named, for "auto")."""
+    def bind(self, options: BindOptions, gpu_ids: Sequence[str] = (),
+             gpu_rule: str = "") -> Binding:
+        """Bind this process for ``options`` (and the GPUs named, for "auto");
+        ``gpu_rule`` says which rule chose them (see :attr:`Binding.gpu_rule`)."""
         gpus = tuple(str(g) for g in gpu_ids)
         if not options.enabled:
             return self._record(Binding(status="off", reason='numa_bind is "off"'))
@@ -120,16 +128,17 @@ class Binder:
         if isinstance(decision, Skip):
             if self.binding.status == "bound":   # a pooled worker's previous task
                 self.unbind(decision.reason)
-            return self.skip(decision, options, gpus)
+            return self.skip(decision, options, gpus, gpu_rule)
         try:
             applied = apply_plan(decision, self.backend, options.migrate,
                                  self.topology.nodes)
         except OSError as exc:
-            return self.skip(Skip(f"the kernel refused the binding: {exc}"), options, gpus)
+            return self.skip(Skip(f"the kernel refused the CPU affinity: {exc}"), options,
+                             gpus, gpu_rule)
         if options.strict and applied.memory != decision.memory:
             raise BindError(f"numa_bind (strict): {'; '.join(applied.notes)}")
         binding = self._bound(decision, applied.memory, self.backend.name, gpus,
-                              decision.notes + applied.notes)
+                              decision.notes + applied.notes, applied.mem_nodes, gpu_rule)
         for note in applied.notes:
             environment.warn_once(note)
         return binding
@@ -139,19 +148,23 @@ class Binder:
         decision = plan_for(options, (), self.topology, self.allowed)
         if isinstance(decision, Skip):   # cannot happen unless the machine changed
             return self.skip(decision, options, ())
-        memory = next((m for flag, m in (("--membind", "bind"), ("--preferred", "preferred"),
-                                          ("--interleave", "interleave"))
-                       if any(a.startswith(flag) for a in argv)), "none")
+        memory, nodes = "none", ()
+        for arg in argv:       # what numactl was told, after the plugin's probe ladder
+            flag, _, value = arg.partition("=")
+            if flag in _NUMACTL_MEMORY:
+                memory, nodes = _NUMACTL_MEMORY[flag], tuple(sorted(parse_cpulist(value)))
         if self.simulated:
             self.backend.calls.append(("numactl", *argv))
-        return self._bound(decision, memory, "numactl", (), decision.notes)
+        return self._bound(decision, memory, "numactl", (), decision.notes, nodes)
 
     def _bound(self, plan: Plan, memory: str, backend: str, gpus: Tuple[str, ...],
-               notes: Tuple[str, ...]) -> Binding:
+               notes: Tuple[str, ...], mem_nodes: Tuple[int, ...],
+               gpu_rule: str = "") -> Binding:
+        """Record what was applied: ``memory``/``mem_nodes`` as they took effect."""
         binding = self._record(Binding(
             status="bound", reason=plan.reason, cpus=format_cpulist(plan.cpus),
-            cpu_nodes=plan.cpu_nodes, mem_nodes=plan.mem_nodes if memory != "none" else (),
-            memory=memory, gpus=gpus, backend=backend, notes=notes))
+            cpu_nodes=plan.cpu_nodes, mem_nodes=mem_nodes if memory != "none" else (),
+            memory=memory, gpus=gpus, gpu_rule=gpu_rule, backend=backend, notes=notes))
         environment.logger().info(
             "pid %d bound: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), plan.reason,
             binding.cpus, memory, f" {format_cpulist(binding.mem_nodes)}"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 from . import environment
 
@@ -26,7 +27,7 @@ class GpuResolutionError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Gpu:
-    index: int                      # NVML index == position in PCI order
+    index: int                      # position in PCI bus order (not NVML's index)
     bus_id: str                     # sysfs form, e.g. 0000:18:00.0
     uuid: str = ""
     name: str = ""
@@ -43,14 +44,27 @@ def normalize_bus_id(bus_id: Any) -> str:
 
 
 def _nvml_call(nvml: Any, name: str, *args: Any) -> Any:
+    """An optional NVML query: None when the driver or the bindings lack it.
+
+    ``nvidia-ml-py`` before 12.550.52 has no ``nvmlDeviceGetNumaNodeId`` at all, and
+    an old driver answers NOT_SUPPORTED or FUNCTION_NOT_FOUND; all mean "no answer".
+    """
+    func = getattr(nvml, name, None)
+    if func is None:
+        return None
     try:
-        return getattr(nvml, name)(*args)
+        return func(*args)
     except nvml.NVMLError:
         return None
 
 
 def nvml_gpus(nvml: Any) -> List[Gpu]:
-    """All GPUs NVML sees; raises NVMLError when there is no usable driver."""
+    """All GPUs NVML sees, in PCI bus order; raises NVMLError without a usable driver.
+
+    NVML's own index is not guaranteed to follow the bus (it does on most boards), and
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and the peer order of the CPU split both mean
+    bus order, so the list is sorted by bus id and re-indexed.
+    """
     nvml.nvmlInit()
     try:
         gpus = []
@@ -72,7 +86,8 @@ def nvml_gpus(nvml: Any) -> List[Gpu]:
                 nvml_numa_node=numa if isinstance(numa, int) and numa >= 0 else None,
                 mig_uuids=tuple(migs),
             ))
-        return gpus
+        ordered = sorted(gpus, key=lambda g: g.bus_id)
+        return [dataclasses.replace(g, index=i) for i, g in enumerate(ordered)]
     finally:
         nvml.nvmlShutdown()
 
@@ -128,8 +143,46 @@ def cuda_enumeration(gpus: Sequence[Gpu], device_order: Optional[str]) -> List[G
     return sorted(gpus, key=lambda g: (tuple(-c for c in g.compute_capability), g.index))
 
 
+def _strtoul(text: str) -> int:
+    """The number an entry starts with, as CUDA's strtoul-style parser reads it
+    ("1gpu2" is 1, "+3" is 3, "-0" is 0); -1 for none or a negative number."""
+    match = re.match(r"[+-]?\d+", text)
+    return int(match.group()) if match else -1
+
+
+def parse_visible(value: Optional[str]) -> Optional[List[str]]:
+    """``CUDA_VISIBLE_DEVICES`` as CUDA reads it; None when unset (all visible).
+
+    Modelled on torch's ``_parse_visible_devices``: one kind of id per list (a list
+    starting with ``GPU-`` or ``MIG-`` holds only those; otherwise ordinals), reading
+    stops at the first entry that is not one (``-1``, an empty entry, a word), an
+    ordinal is the number an entry starts with, and a repeated entry makes CUDA see
+    no device at all.
+    """
+    if value is None:
+        return None
+    for prefix in ("GPU-", "MIG-"):
+        if value.startswith(prefix):
+            ids: List[str] = []
+            for elem in value.split(","):
+                if elem in ids:
+                    return []
+                if not elem.startswith(prefix):
+                    break
+                ids.append(elem)
+            return ids
+    ordinals: List[int] = []
+    for elem in value.split(","):
+        number = _strtoul(elem.strip())
+        if number in ordinals:
+            return []
+        if number < 0:
+            break
+        ordinals.append(number)
+    return [str(n) for n in ordinals]
+
+
 def _match(entry: str, ordered: Sequence[Gpu]) -> Optional[Gpu]:
-    entry = entry.strip()
     if entry.isdigit():
         return ordered[int(entry)] if int(entry) < len(ordered) else None
     if entry.startswith("MIG-"):
@@ -137,52 +190,55 @@ def _match(entry: str, ordered: Sequence[Gpu]) -> Optional[Gpu]:
             entry = entry[len("MIG-"):].split("/")[0]
         else:
             return next((g for g in ordered if entry in g.mig_uuids), None)
-    prefix = entry if entry.startswith("GPU-") else f"GPU-{entry}"
-    hits = [g for g in ordered if g.uuid and g.uuid.startswith(prefix)]
-    return hits[0] if len(hits) == 1 else None
+    hits = [g for g in ordered if g.uuid and g.uuid.startswith(entry)]
+    return hits[0] if len(hits) == 1 else None     # a prefix must be unique
 
 
 def resolve_visible(entries: Sequence[str], gpus: Sequence[Gpu],
                     device_order: Optional[str] = None) -> List[Gpu]:
     """Physical GPUs named by ``CUDA_VISIBLE_DEVICES``-style entries, in order.
 
-    Like CUDA, stops at the first entry that names no device; unlike CUDA, says so.
+    Like CUDA (and torch's ``_transform_uuid_to_ordinals``): entries are read by
+    :func:`parse_visible`, resolution stops at the first entry that names no device
+    (out of range, unknown or ambiguous id), and naming one GPU twice leaves none.
+    Unlike CUDA, says so.
     """
+    listed = ",".join(str(e).strip() for e in entries)
     ordered = cuda_enumeration(gpus, device_order)
     out: List[Gpu] = []
-    for entry in entries:
-        gpu = _match(str(entry), ordered)
+    for entry in parse_visible(listed) or []:
+        gpu = _match(entry, ordered)
         if gpu is None:
             if not out:
-                raise GpuResolutionError(
-                    f"CUDA device {entry!r} names none of this machine's "
-                    f"{len(gpus)} GPU(s) ({_describe(gpus)})")
+                break
             environment.warn_once(
                 f"CUDA_VISIBLE_DEVICES entry {entry!r} names no GPU; CUDA ignores it "
                 "and every entry after it, and so does ray-numa")
-            break
+            return out
+        if gpu in out:
+            raise GpuResolutionError(
+                f"CUDA devices {listed!r} name GPU {gpu.index} twice, so CUDA sees none")
         out.append(gpu)
+    if not out:
+        raise GpuResolutionError(
+            f"CUDA device {listed!r} names none of this machine's "
+            f"{len(gpus)} GPU(s) ({_describe(gpus)}) as CUDA reads it")
     return out
-
-
-def split_visible(value: Optional[str]) -> Optional[List[str]]:
-    """``CUDA_VISIBLE_DEVICES`` as entries; None when unset (all devices visible)."""
-    if value is None:
-        return None
-    return [e for e in value.split(",") if e.strip()]
 
 
 def visible_entry(logical: int, visible: Optional[str]) -> str:
     """The node-level device id behind ``cuda:<logical>`` in a process whose
     ``CUDA_VISIBLE_DEVICES`` is ``visible`` (unset: ids are CUDA indices)."""
-    entries = split_visible(visible)
+    entries = parse_visible(visible)
     if entries is None:
         return str(logical)
     if not 0 <= logical < len(entries):
+        read = f"; CUDA reads it as {','.join(entries) or 'no device'}" \
+            if ",".join(entries) != visible else ""
         raise GpuResolutionError(
             f"cuda:{logical} does not exist: {len(entries)} GPU(s) visible "
-            f"(CUDA_VISIBLE_DEVICES={visible!r})")
-    return entries[logical].strip()
+            f"(CUDA_VISIBLE_DEVICES={visible!r}{read})")
+    return entries[logical]
 
 
 def pci_numa_node(bus_id: str, sys_root: Path) -> Optional[int]:
@@ -194,9 +250,14 @@ def pci_numa_node(bus_id: str, sys_root: Path) -> Optional[int]:
     return value if value >= 0 else None
 
 
-def gpu_numa_node(gpu: Gpu, sys_root: Path) -> Optional[int]:
-    """NVML's node for the GPU (GPU memory nodes on Grace systems), else sysfs's."""
-    if gpu.nvml_numa_node is not None:
+def gpu_numa_node(gpu: Gpu, sys_root: Path,
+                  online: Optional[Collection[int]] = None) -> Optional[int]:
+    """NVML's node for the GPU (GPU memory nodes on Grace systems), else sysfs's.
+
+    An NVML answer that is not an online node of the topology (``online``; firmware
+    or driver quirks) is not trusted: the PCI device's sysfs ``numa_node`` is used.
+    """
+    if gpu.nvml_numa_node is not None and (online is None or gpu.nvml_numa_node in online):
         return gpu.nvml_numa_node
     return pci_numa_node(gpu.bus_id, sys_root)
 

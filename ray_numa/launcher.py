@@ -12,7 +12,7 @@ import os
 from typing import Any, Mapping, Optional, Union
 
 from .binding import Binding, process_binder
-from .gpus import GpuResolutionError, visible_entry
+from .gpus import GpuResolutionError, parse_visible, visible_entry
 from .options import BindOptions, parse
 from .policy import Skip
 
@@ -50,8 +50,9 @@ def bind_current_process(gpu: Union[str, int] = "auto", *, node: Optional[int] =
                          options: Any = None, strict: Optional[bool] = None) -> Binding:
     """Bind this process near its GPU (or to ``node``) and return the record.
 
-    ``gpu="auto"`` takes the local rank (``LOCAL_RANK``, ``SLURM_LOCALID``, ...) as
-    the CUDA device index; an int names the device index directly. Either is
+    ``gpu="auto"`` takes the only GPU when ``CUDA_VISIBLE_DEVICES`` leaves exactly
+    one, else the local rank (``LOCAL_RANK``, ``SLURM_LOCALID``, ...) as the CUDA
+    device index; an int names the device index directly. Either is
     resolved through ``CUDA_VISIBLE_DEVICES``/``CUDA_DEVICE_ORDER`` to the physical
     GPU. ``options`` takes any ``numa_bind`` value (dict for cpus/memory modes).
     All threads get the affinity, pages touched so far are migrated, and binding
@@ -60,9 +61,16 @@ def bind_current_process(gpu: Union[str, int] = "auto", *, node: Optional[int] =
     opts = resolve_options(gpu, node, options, strict)
     if not opts.auto:
         return process_binder().bind(opts)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries = parse_visible(visible)
+    if gpu == "auto" and entries is not None and len(entries) == 1:
+        # Slurm --gpus-per-task=1 / one GPU per process: cuda:0 is that GPU,
+        # whatever the local rank says (SLURM_LOCALID=5 CUDA_VISIBLE_DEVICES=5)
+        return process_binder().bind(opts, entries, gpu_rule="only visible GPU")
+    rule = "local rank" if gpu == "auto" else "device index"
     logical = local_rank() if gpu == "auto" else int(gpu)
     try:
-        entry = visible_entry(logical, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        entry = visible_entry(logical, visible)
     except GpuResolutionError as exc:
-        return process_binder().skip(Skip(str(exc)), opts)
-    return process_binder().bind(opts, [entry])
+        return process_binder().skip(Skip(str(exc)), opts, gpu_rule=rule)
+    return process_binder().bind(opts, [entry], gpu_rule=rule)

@@ -25,7 +25,7 @@ def node_gpu_layout() -> Dict[str, Any]:
     gpus, _ = discover_gpus()
     known: Counter = Counter()
     for gpu in gpus:
-        node = gpu_numa_node(gpu, environment.sys_root())
+        node = gpu_numa_node(gpu, environment.sys_root(), topo.nodes)
         if node is None or node not in topo.nodes:
             continue                      # unknown proximity: nothing to publish
         known[(cpu_nodes_for(topo, node) or (node,))[0]] += 1

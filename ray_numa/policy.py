@@ -1,13 +1,15 @@
 """Turn topology + target nodes + allowed resources + options into a plan.
 
-Pure: no files, no syscalls, no environment. Every rule about CPU-less nodes,
-memory-less nodes, cpusets and multi-GPU spans lives here so it can be unit tested
-on fixture topologies of machines we do not have.
+Pure: no syscalls, no environment, no file handling of its own (per-CPU facts such
+as SMT siblings come from :class:`Topology`, which reads them on first use so that a
+mode that does not need them costs nothing). Every rule about CPU-less nodes,
+memory-less nodes, cpusets, the CPU modes' split and multi-GPU spans lives here so
+it can be unit tested on fixture topologies of machines we do not have.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .options import BindOptions
 from .topology import Allowed, Topology, format_cpulist
@@ -29,6 +31,10 @@ class Plan:
     memory: str                  # bind | preferred | interleave | none
     reason: str
     notes: Tuple[str, ...] = ()
+    #: The GPU's own memory node (nearest with memory): what "preferred" means where
+    #: the kernel can prefer only one node (no MPOL_PREFERRED_MANY before 5.15), what
+    #: a refused bind/interleave falls back to, and where touched pages migrate.
+    home: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,15 +68,26 @@ def _mem_nodes_for(topo: Topology, node: int) -> Tuple[int, ...]:
     return topo.nearest(node, lambda n: n.mem_kb > 0)
 
 
-def _share(items: Sequence[FrozenSet[int]], k: int, n: int) -> FrozenSet[int]:
-    """Part ``k`` of ``n`` of an ordered list of CPU groups, as even as possible."""
-    lo, hi = k * len(items) // n, (k + 1) * len(items) // n
-    return frozenset().union(*items[lo:hi]) if hi > lo else frozenset()
+def split_range(count: int, k: int, n: int) -> Tuple[int, int]:
+    """Items ``[start, end)`` of ``count`` for member ``k`` of ``n`` (torch's rule).
+
+    ``q, r = divmod(count, n)``: every member gets ``q`` and the ``r`` lowest-numbered
+    members one more, so shares are contiguous, disjoint and differ by at most one.
+    """
+    q, r = divmod(count, n)
+    start = k * q + min(k, r)
+    return start, start + q + (1 if k < r else 0)
 
 
 def _share_of(topo: Topology, target: Target,
               peer_nodes: Sequence[Optional[int]]) -> Tuple[int, int]:
-    """Which share of its node a GPU gets: its place among the node's GPUs."""
+    """Which share of its node a GPU gets: its place among the node's GPUs (PCI order).
+
+    The peers are all GPUs of the machine on that node, not only those this process
+    sees: under Ray each worker sees one GPU, and counting only visible GPUs (as
+    torch does) would give every worker the whole node, so co-located workers would
+    share cores.
+    """
     if target.peer is None or target.node is None:
         return 0, 1
     mine = cpu_nodes_for(topo, target.node)
@@ -79,21 +96,77 @@ def _share_of(topo: Topology, target: Target,
     return (same.index(target.peer), len(same)) if target.peer in same else (0, 1)
 
 
-def _mode_cpus(topo: Topology, options: BindOptions, target: Target,
-               cpu_nodes: Tuple[int, ...], peer_nodes: Sequence[Optional[int]]) -> FrozenSet[int]:
-    node_cpus = frozenset().union(*(topo.nodes[n].cpus for n in cpu_nodes))
-    if options.cpus in ("node", "socket"):
-        return node_cpus
+def _groups(cpus: FrozenSet[int], key: Callable[[int], int]) -> Dict[int, FrozenSet[int]]:
+    out: Dict[int, set] = {}
+    for c in sorted(cpus):
+        out.setdefault(key(c), set()).add(c)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def _mode_cpus(topo: Topology, allowed: Allowed, options: BindOptions, target: Target,
+               peer_nodes: Sequence[Optional[int]]) -> Tuple[Tuple[int, ...], Decision]:
+    """The target's CPU nodes and its CPUs (or a Skip), allowed CPUs first.
+
+    Cores and L3 groups are built from ``node CPUs & allowed CPUs`` and only then
+    split, so a cpuset that leaves a few cores per node still gives every GPU some.
+    """
+    nodes = cpu_nodes_for(topo, target.node)
+    if options.cpus == "socket":
+        nodes = topo.nodes_of_packages(topo.packages_of(nodes))
+    pool = frozenset().union(*(topo.nodes[n].cpus for n in nodes)) & allowed.cpus
+    if options.cpus in ("node", "socket") or not pool:
+        return nodes, pool
     k, n = _share_of(topo, target, peer_nodes)
     if options.cpus == "exclusive":
-        cores = {}
-        for c in sorted(node_cpus):
-            cores.setdefault(topo.cpus[c].core if c in topo.cpus else (0, c), set()).add(c)
-        groups = sorted((frozenset(g) for g in cores.values()), key=min)
-        return _share(groups, k, n)
-    # core-complex: the last-level-cache groups of the node, one per GPU in turn
-    l3 = sorted({topo.cpus[c].l3 & node_cpus for c in node_cpus if c in topo.cpus}, key=min)
-    return l3[k % len(l3)] if l3 else node_cpus
+        cores = [g for _, g in sorted(_groups(pool, lambda c: min(topo.siblings(c))).items())]
+        if len(cores) < n:
+            return nodes, Skip(
+                f"only {len(cores)} allowed cores for {n} GPUs on node {_nodes_text(nodes)} "
+                f"(cpus: \"exclusive\" needs one per GPU)",
+                "widen the cpuset / affinity, or use cpus: \"node\" to share the node")
+        lo, hi = split_range(len(cores), k, n)
+        return nodes, frozenset().union(*cores[lo:hi])
+    # core-complex: L3 groups with most allowed CPUs first, then lowest CPU; one per GPU in turn
+    l3 = sorted(_groups(pool, lambda c: min(topo.llc(c))).items(),
+                key=lambda item: (-len(item[1]), item[0]))
+    return nodes, l3[k % len(l3)][1]
+
+
+def _memory(topo: Topology, allowed: Allowed, options: BindOptions,
+            targets: Sequence[Target], cpu_nodes: Sequence[int],
+            notes: List[str]) -> Union[Tuple[str, Tuple[int, ...], Optional[int]], Skip]:
+    """(policy, nodes, home) for the memory side of the plan."""
+    memory = options.memory
+    if memory == "none":
+        return "none", (), None
+    if options.auto:
+        base = [m for c in cpu_nodes for m in _mem_nodes_for(topo, c)]
+        own = [m for c in cpu_nodes_for(topo, targets[0].node) for m in _mem_nodes_for(topo, c)]
+    else:
+        base, own = [], []
+        for t in targets:
+            near = [m for c in cpu_nodes_for(topo, t.node) for m in _mem_nodes_for(topo, c)]
+            if topo.nodes[t.node].mem_kb > 0:
+                near = [t.node]
+            else:
+                text = (f"node {t.node} has no memory; memory {memory} on node(s) "
+                        f"{_nodes_text(near)} instead")
+                if options.strict and memory == "bind":
+                    return Skip(text, "name a node that has memory (numactl -H shows "
+                                "each node's size)")
+                notes.append(text)
+            base += near
+            own = own or near
+    mem_nodes = tuple(sorted(set(base) & allowed.mems))
+    if not mem_nodes:
+        notes.append(f"memory node(s) {_nodes_text(base)} are not in Mems_allowed "
+                     f"({_nodes_text(allowed.mems)}); memory left unbound")
+        return "none", (), None
+    home = next((m for m in own if m in mem_nodes), mem_nodes[0])
+    if memory == "preferred" and len(mem_nodes) > 1:
+        notes.append(f"'preferred' over nodes {_nodes_text(mem_nodes)}: MPOL_PREFERRED_MANY "
+                     f"where the kernel has it (5.15+), else node {home}, the GPU's own")
+    return memory, mem_nodes, home
 
 
 def decide(topo: Topology, allowed: Allowed, options: BindOptions,
@@ -102,8 +175,14 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
     if not targets:
         return Skip("no GPU assigned to this worker", quiet=True)
     explicit_cpus = not isinstance(options.cpus, str)
-    if len(topo.nodes) == 1 and options.auto and not explicit_cpus:
-        return Skip("this machine has a single NUMA node; nothing to bind")
+    if len(topo.nodes) == 1:
+        # "node" and "socket" have nothing to choose; "exclusive" and "core-complex"
+        # still split the one node among its GPUs (one L3 per GPU on a workstation).
+        if options.auto and options.cpus in ("node", "socket"):
+            return Skip("this machine has a single NUMA node; nothing to bind")
+        only = next(iter(topo.nodes))
+        targets = [dataclasses.replace(t, node=only) if t.node is None else t for t in targets]
+        peer_nodes = [only if p is None else p for p in peer_nodes]
     for t in targets:
         if t.node is None:
             return Skip(f"the NUMA node of {t.label} is unknown (sysfs numa_node is -1 "
@@ -114,56 +193,48 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
             whose = f" ({t.label}'s)" if t.peer is not None else ""
             return Skip(f"NUMA node {t.node}{whose} does not exist; this machine has "
                         f"nodes {_nodes_text(topo.nodes)}")
-    distinct = sorted({t.node for t in targets})
-    if len(distinct) > 1 and options.span == "skip":
-        return Skip(f"the GPUs span NUMA nodes {_nodes_text(distinct)} and span='skip'",
-                    quiet=True)
+    # GPUs span nodes when they bind to different CPUs: GB200's HBM nodes 2 and 10
+    # hang off one Grace and do not span.
+    homes = {cpu_nodes_for(topo, t.node) for t in targets}
+    if len(homes) > 1 and options.span == "skip":
+        return Skip(f"the GPUs span NUMA nodes {_nodes_text(n for h in homes for n in h)} "
+                    "and span='skip'", quiet=True)
     if options.span == "first":
         targets = targets[:1]
-
-    cpu_nodes = sorted({c for t in targets for c in cpu_nodes_for(topo, t.node)})
-    if not cpu_nodes:
+    if not any(homes):
         return Skip(f"no NUMA node with CPUs is near {targets[0].label}")
-    if options.cpus == "socket":
-        cpu_nodes = list(topo.nodes_of_packages(topo.packages_of(cpu_nodes)))
+
     notes: List[str] = []
     if explicit_cpus:
         wanted = frozenset(options.cpus)
         cpu_nodes = sorted({topo.node_of_cpu(c) for c in wanted} - {None})
+        cpus = wanted & allowed.cpus
     else:
-        wanted = frozenset().union(*(
-            _mode_cpus(topo, options, t, tuple(cpu_nodes_for(topo, t.node))
-                       if options.cpus != "socket" else tuple(cpu_nodes), peer_nodes)
-            for t in targets))
-    cpus = wanted & allowed.cpus
+        chosen = [_mode_cpus(topo, allowed, options, t, peer_nodes) for t in targets]
+        skip = next((d for _, d in chosen if isinstance(d, Skip)), None)
+        if skip is not None:
+            return skip
+        cpu_nodes = sorted({n for nodes, _ in chosen for n in nodes})
+        wanted = frozenset().union(*(topo.nodes[n].cpus for n in cpu_nodes))
+        cpus = frozenset().union(*(d for _, d in chosen))
     if not cpus:
         return Skip(f"none of the CPUs chosen for {targets[0].label} "
                     f"({format_cpulist(wanted) or 'none'}) are allowed to this process "
                     f"(allowed: {format_cpulist(allowed.cpus)})",
                     "widen the container's cpuset / the process affinity, or choose "
                     "a node whose CPUs it allows")
-    if cpus != wanted:
-        notes.append(f"cpuset/affinity allows {len(cpus)} of the {len(wanted)} CPUs chosen")
+    allowed_here = wanted & allowed.cpus
+    if allowed_here != wanted:
+        notes.append(f"cpuset/affinity allows {len(allowed_here)} of the {len(wanted)} "
+                     "CPUs chosen")
 
-    memory = options.memory
-    if memory == "none":
-        mem_nodes: Tuple[int, ...] = ()
-    else:
-        if not options.auto and all(topo.nodes[t.node].mem_kb > 0 for t in targets):
-            base = [t.node for t in targets]
-        else:
-            base = [m for c in cpu_nodes for m in _mem_nodes_for(topo, c)]
-        mem_nodes = tuple(sorted(set(base) & allowed.mems))
-        if not mem_nodes:
-            notes.append(f"memory node(s) {_nodes_text(base)} are not in Mems_allowed "
-                         f"({_nodes_text(allowed.mems)}); memory left unbound")
-            memory = "none"
-        elif memory == "preferred" and len(mem_nodes) > 1:
-            notes.append(f"'preferred' takes one node: preferring node {mem_nodes[0]}")
-            mem_nodes = mem_nodes[:1]
+    mem = _memory(topo, allowed, options, targets, cpu_nodes, notes)
+    if isinstance(mem, Skip):
+        return mem
+    memory, mem_nodes, home = mem
     labels = ", ".join(t.label for t in targets)
     reason = f"{labels} -> CPUs of node(s) {_nodes_text(cpu_nodes)}"
     if memory != "none":
         reason += f", memory {memory} node(s) {_nodes_text(mem_nodes)}"
     return Plan(cpus=cpus, cpu_nodes=tuple(cpu_nodes), mem_nodes=mem_nodes,
-                memory=memory, reason=reason, notes=tuple(notes))
+                memory=memory, reason=reason, notes=tuple(notes), home=home)

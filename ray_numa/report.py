@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Dict
+from typing import Any, Dict, List, Sequence
 
-from . import environment, syscalls
+from . import environment
+from .apply import probe_mempolicy
 from .binding import plan_for
 from .gpus import discover_gpus, gpu_numa_node
-from .options import BindOptions
+from .options import BindOptions, parse
 from .policy import Plan
 from .topology import format_cpulist, machine_topology, process_allowed
 
 
 def mempolicy_permitted(node: int) -> str:
-    """Probe set_mempolicy on this thread, then restore it (SGLang's ladder start)."""
+    """May this process set a memory policy? (SGLang's ladder start.)"""
     if environment.simulated():
         return "n/a (fixture machine)"
-    try:
-        syscalls.set_mempolicy("bind", [node])
-    except OSError as exc:
-        return f"no: {exc}"
-    syscalls.set_mempolicy("default")
-    return "yes"
+    error = probe_mempolicy(node)
+    return "yes" if error is None else f"no: {error}"
 
 
 def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
@@ -58,6 +55,17 @@ def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
                  "mem_nodes": format_cpulist(decision.mem_nodes), "reason": decision.reason}
                 if isinstance(decision, Plan) else {"skip": decision.message()})
         report["gpus"].append({"index": gpu.index, "bus_id": gpu.bus_id, "uuid": gpu.uuid,
-                               "name": gpu.name, "numa_node": gpu_numa_node(gpu, sys_root),
+                               "name": gpu.name, "numa_node": gpu_numa_node(gpu, sys_root, topo.nodes),
                                "mig": list(gpu.mig_uuids), "plan": plan})
     return report
+
+
+def files_opened_to_plan(numa_bind: Any = "auto", gpu_ids: Sequence[str] = ("0",)) -> List[str]:
+    """The files a cold process opens to plan ``numa_bind`` for ``gpu_ids`` on this
+    machine (or the fixture): topology, GPU table, allowed resources. A count that
+    does not depend on load, for the benchmark and the tests."""
+    from . import gpus, topology
+    topology._cached_topology.cache_clear()
+    gpus._discover.cache_clear()
+    _, files = topology.opened_files(lambda: plan_for(parse(numa_bind), list(gpu_ids)))
+    return files

@@ -10,8 +10,9 @@ import dataclasses
 import functools
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from . import environment
 
@@ -47,17 +48,20 @@ class NumaNode:
 
 
 @dataclasses.dataclass(frozen=True)
-class Cpu:
-    id: int
-    package: int
-    core: Tuple[int, int]          # (package, core_id): SMT siblings share it
-    l3: FrozenSet[int]             # CPUs sharing this CPU's last-level cache
-
-
-@dataclasses.dataclass(frozen=True)
 class Topology:
+    """NUMA nodes (read up front: a handful of files) and per-CPU facts read on first use.
+
+    Node lists, distances and memory are all that ``cpus: "node"`` needs; a CPU's
+    package, SMT siblings and last-level cache are read only when a mode asks for
+    that CPU (socket, exclusive, core-complex), so binding one GPU on a 224-CPU box
+    opens a few dozen files rather than thousands. The per-CPU answers are memoized;
+    the object is otherwise immutable, and policy code stays free of file handling.
+    """
     nodes: Mapping[int, NumaNode]
-    cpus: Mapping[int, Cpu]
+    online: FrozenSet[int]
+    cpu_root: Optional[Path] = None
+    _memo: Dict[Tuple[str, int], Any] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False)
 
     def node_of_cpu(self, cpu: int) -> Optional[int]:
         return next((n.id for n in self.nodes.values() if cpu in n.cpus), None)
@@ -73,9 +77,44 @@ class Topology:
         best = min(self.distance(node, c) for c in candidates)
         return tuple(sorted(c for c in candidates if self.distance(node, c) == best))
 
+    def _cpu_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> Any:
+        key = (kind, cpu)
+        if key not in self._memo:
+            self._memo[key] = read(self.cpu_root / f"cpu{cpu}") if self.cpu_root else None
+        return self._memo[key]
+
+    def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> FrozenSet[int]:
+        """A set of CPUs sharing something with ``cpu`` (a core, a cache): the kernel
+        lists the same set for each member, so one read answers for all of them."""
+        shared = self._cpu_fact(kind, cpu, read) or frozenset([cpu])
+        for other in shared:
+            self._memo.setdefault((kind, other), shared)
+        return shared
+
+    def package(self, cpu: int) -> int:
+        """The CPU's socket (``physical_package_id``); 0 when the kernel has none."""
+        value = self._cpu_fact("package", cpu, lambda d: _read(
+            d / "topology/physical_package_id", "0").strip())
+        return int(value or 0)
+
+    def siblings(self, cpu: int) -> FrozenSet[int]:
+        """The hardware threads of the CPU's physical core.
+
+        From ``thread_siblings_list`` (``core_cpus_list`` on kernels that dropped
+        it), never from ``core_id``, which is only unique per die on some CPUs.
+        """
+        return self._shared_fact("siblings", cpu, lambda d: parse_cpulist(
+            _read(d / "topology/thread_siblings_list")
+            or _read(d / "topology/core_cpus_list")))
+
+    def llc(self, cpu: int) -> FrozenSet[int]:
+        """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group)."""
+        return self._shared_fact("llc", cpu, _read_llc)
+
     def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[int]:
-        return frozenset(self.cpus[c].package for n in node_ids
-                         for c in self.nodes[n].cpus if c in self.cpus)
+        """Sockets of the nodes: one CPU per node says which (a node is on one socket)."""
+        return frozenset(self.package(min(self.nodes[n].cpus)) for n in node_ids
+                         if self.nodes[n].cpus)
 
     def nodes_of_packages(self, packages: FrozenSet[int]) -> Tuple[int, ...]:
         return tuple(sorted(n.id for n in self.nodes.values()
@@ -94,30 +133,34 @@ def _mem_kb(meminfo: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _read_cpu(cpu_dir: Path, cpu: int) -> Cpu:
-    topo = cpu_dir / "topology"
-    package = int(_read(topo / "physical_package_id", "0").strip() or 0)
-    core_id = int(_read(topo / "core_id", str(cpu)).strip() or cpu)
-    l3: FrozenSet[int] = frozenset([cpu])
-    best_level = -1
-    for index in sorted((cpu_dir / "cache").glob("index*")):
+def _read_llc(cpu_dir: Path) -> FrozenSet[int]:
+    """Like torch's ``_get_logical_cpus_sharing_same_max_level_cache_as``: only
+    ``indexN`` entries, only Data/Unified caches, the highest level wins."""
+    try:
+        entries = os.listdir(cpu_dir / "cache")
+    except OSError:
+        return frozenset()
+    best_level, shared = -1, frozenset()
+    for entry in entries:
+        if not (entry.startswith("index") and entry[5:].isdecimal()):
+            continue
+        index = cpu_dir / "cache" / entry
+        if _read(index / "type").strip() not in ("Data", "Unified"):
+            continue
         level = int(_read(index / "level", "0").strip() or 0)
-        if _read(index / "type").strip() != "Instruction" and level > best_level:
-            shared = _read(index / "shared_cpu_list").strip()
-            if shared:
-                best_level, l3 = level, parse_cpulist(shared)
-    return Cpu(id=cpu, package=package, core=(package, core_id), l3=l3)
+        if level > best_level:
+            best_level, shared = level, parse_cpulist(_read(index / "shared_cpu_list"))
+    return shared
 
 
 def read_topology(sys_root: Path) -> Topology:
-    """Read NUMA nodes and CPUs under ``sys_root`` (a ``/sys``-shaped directory).
+    """Read NUMA nodes under ``sys_root`` (a ``/sys``-shaped directory).
 
     A kernel without NUMA support has no ``devices/system/node``: that is one node
     holding every online CPU, which is what the kernel itself assumes.
     """
     cpu_root = sys_root / "devices/system/cpu"
     online = parse_cpulist(_read(cpu_root / "online", "0"))
-    cpus = {c: _read_cpu(cpu_root / f"cpu{c}", c) for c in sorted(online)}
     node_root = sys_root / "devices/system/node"
     nodes: Dict[int, NumaNode] = {}
     node_ids = sorted(parse_cpulist(_read(node_root / "online")))
@@ -132,7 +175,7 @@ def read_topology(sys_root: Path) -> Topology:
         )
     if not nodes:
         nodes[0] = NumaNode(id=0, cpus=frozenset(online), mem_kb=1, distances={0: 10})
-    return Topology(nodes=nodes, cpus=cpus)
+    return Topology(nodes=nodes, online=frozenset(online), cpu_root=cpu_root)
 
 
 @functools.lru_cache(maxsize=4)
@@ -161,7 +204,7 @@ def read_allowed(status_path: Optional[Path], topology: Topology,
                  affinity: Optional[FrozenSet[int]]) -> Allowed:
     """Allowed CPUs/mems: /proc status lists, narrowed by ``affinity`` if given."""
     status = _read(status_path) if status_path is not None else ""
-    cpus = _status_field(status, "Cpus_allowed_list") or frozenset(topology.cpus)
+    cpus = _status_field(status, "Cpus_allowed_list") or topology.online
     mems = _status_field(status, "Mems_allowed_list") or frozenset(topology.nodes)
     if affinity is not None:
         cpus = cpus & affinity
@@ -176,3 +219,31 @@ def process_allowed(topology: Topology) -> Allowed:
     """
     affinity = None if environment.simulated() else frozenset(os.sched_getaffinity(0))
     return read_allowed(environment.proc_status_path(), topology, affinity)
+
+
+_open_logs: List[List[str]] = []
+_hook_installed = False
+
+
+def _audit_open(event: str, args: Tuple[Any, ...]) -> None:
+    if event == "open" and _open_logs and args and isinstance(args[0], (str, bytes, Path)):
+        _open_logs[-1].append(os.fsdecode(args[0]))
+
+
+def opened_files(fn: Callable[[], Any]) -> Tuple[Any, List[str]]:
+    """Run ``fn`` and list the files it opened (``sys.addaudithook`` "open" events).
+
+    A count, not a time: the benchmark and the tests use it to keep binding cheap on
+    big machines without timing noise. The hook is installed once per process and
+    records only while a call is running.
+    """
+    global _hook_installed
+    if not _hook_installed:
+        sys.addaudithook(_audit_open)
+        _hook_installed = True
+    _open_logs.append([])
+    try:
+        result = fn()
+    finally:
+        log = _open_logs.pop()
+    return result, log

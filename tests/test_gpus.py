@@ -1,4 +1,6 @@
 """CUDA id -> physical GPU -> NUMA node, against fixture machines and the fake NVML."""
+import json
+
 import pynvml
 import pytest
 
@@ -64,7 +66,6 @@ def test_uuid_prefix_mig_and_invalid_entries(on_machine):
     _, found = _machine(on_machine, "dgx-a100-mig")
     six = found[6].uuid
     assert resolve_visible([six[:14]], found)[0].index == 6          # unique prefix
-    assert resolve_visible([six[4:]], found)[0].index == 6           # without GPU-
     assert resolve_visible([found[5].mig_uuids[0]], found)[0].index == 5
     assert resolve_visible([f"MIG-{found[0].uuid}/1/0"], found)[0].index == 0
     # CUDA stops at the first entry naming no device
@@ -105,3 +106,98 @@ def test_no_driver_falls_back_to_sysfs_listing(on_machine, tmp_path):
                                              ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")]
     finally:
         (tmp_path / "nvml.json").rename(root / "nvml.json")
+
+
+# torch's TestVisibleDeviceParses.test_env_var_parsing, pytorch/pytorch
+# test/test_cuda_nvml_based_avail.py (commit 4d5726998be454aa7971b4fca7458a114a8e5f03),
+# which models CUDA's own reading of CUDA_VISIBLE_DEVICES; plus the issue's case.
+VISIBLE_CASES = [
+    ("1gpu2,2ampere", ["1", "2"]),           # rest of the string is ignored
+    ("0, 1, 2, -1, 3", ["0", "1", "2"]),      # negatives abort parsing
+    ("0, 1, 2, 1", []),                       # double mention: empty set
+    ("2, +3, -0, 5", ["2", "3", "0", "5"]),   # unary pluses and minuses
+    ("one,two,3,4", []),                      # random string is used as empty set
+    ("4,3,two,one", ["4", "3"]),              # random string is used as separator
+    ("GPU-9e8d35e3", ["GPU-9e8d35e3"]),       # GPU ids are parsed
+    ("GPU-123, 2", ["GPU-123"]),              # ordinals are not included in GPU-id set
+    ("MIG-89c850dc", ["MIG-89c850dc"]),       # MIG ids are parsed
+    ("0,-1,5", ["0"]),                        # issue 8: only device 0 visible
+    ("0,,1", ["0"]),                          # an empty entry stops reading too
+]
+
+
+@pytest.mark.parametrize("value,entries", VISIBLE_CASES)
+def test_visible_devices_read_as_cuda_does(value, entries):
+    assert gpus.parse_visible(value) == entries
+
+
+def test_visible_devices_resolution_like_torch(on_machine):
+    """torch's test_partial_uuid_resolver / test_ordinal_parse_visible_devices rules:
+    first unknown or ambiguous id stops, one GPU named twice leaves none."""
+    _, found = _machine(on_machine, "dgx-h100")
+    u = [g.uuid for g in found]
+    assert [g.index for g in resolve_visible([u[6][:14], u[2]], found)] == [6, 2]
+    assert [g.index for g in resolve_visible(["1", "9", "0"], found)] == [1]
+    with pytest.raises(GpuResolutionError, match="twice"):
+        resolve_visible([u[6], u[5], u[6][:14]], found)
+    with pytest.raises(GpuResolutionError, match="names none"):
+        resolve_visible(["0", "1", "0"], found)              # CUDA: no device at all
+    with pytest.raises(GpuResolutionError, match="1 GPU"):
+        visible_entry(1, "0,-1,5")
+
+
+def test_nvml_node_that_is_not_online_falls_back_to_sysfs(machine_tree):
+    root = machine_tree("gb200")
+    gpu = gpus.Gpu(index=0, bus_id="0000:01:00.0", nvml_numa_node=40)
+    assert gpu_numa_node(gpu, root / "sys", online=range(34)) == 0     # PCI numa_node
+    assert gpu_numa_node(gpu, root / "sys") == 40       # no topology given: NVML's
+
+
+class _OldBindings:
+    """pynvml as nvidia-ml-py 12.535 ships it: no nvmlDeviceGetNumaNodeId at all."""
+
+    def __init__(self, nvml):
+        self._nvml = nvml
+
+    def __getattr__(self, name):
+        if name == "nvmlDeviceGetNumaNodeId":
+            raise AttributeError(name)
+        return getattr(self._nvml, name)
+
+
+def test_missing_nvml_function_is_not_supported(machine_tree):
+    nvml = FakeNvml(machine_tree("gb200") / "nvml.json")
+    found = gpus.nvml_gpus(_OldBindings(nvml))
+    assert len(found) == 4 and all(g.nvml_numa_node is None for g in found)
+
+
+def test_gpus_are_listed_in_bus_order_whatever_nvml_index(machine_tree, tmp_path):
+    spec = json.loads((machine_tree("dgx-h100") / "nvml.json").read_text())
+    spec["devices"].reverse()                  # NVML index 0 = bus db
+    (tmp_path / "nvml.json").write_text(json.dumps(spec))
+    found = gpus.nvml_gpus(FakeNvml(tmp_path / "nvml.json"))
+    assert [g.bus_id[5:7] for g in found] == ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]
+    assert [g.index for g in found] == list(range(8))
+
+
+def test_launcher_uses_the_only_visible_gpu_whatever_the_local_rank(on_machine, monkeypatch):
+    """Item 11: Slurm --gpus-per-task=1 gives SLURM_LOCALID=5 CUDA_VISIBLE_DEVICES=5."""
+    from ray_numa.launcher import bind_current_process
+    on_machine("dgx-h100")
+    monkeypatch.setenv("SLURM_LOCALID", "5")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    b = bind_current_process()
+    assert b.status == "bound" and b.cpus == "56-111,168-223"
+    assert b.gpu_rule == "only visible GPU" and b.gpus == ("5",)
+
+
+def test_launcher_local_rank_rule_is_recorded(on_machine, monkeypatch):
+    from ray_numa.launcher import bind_current_process
+    on_machine("dgx-h100")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,2,-1,3")
+    b = bind_current_process()
+    assert b.status == "skipped" and b.gpu_rule == "local rank"
+    assert "cuda:2 does not exist: 2 GPU(s) visible" in b.reason
+    assert "CUDA reads it as 6,2" in b.reason

@@ -40,8 +40,9 @@ def test_dgx_memory_policies(on_machine):
     assert_plan(plan({"memory": "preferred"}, [5]), DGX1, [1], "preferred")
     assert_plan(plan({"memory": "interleave"}, [0, 7]), "0-223", [0, 1], "interleave")
     assert_plan(plan({"memory": "none"}, [5]), DGX1, [], "none")
-    pref = plan({"memory": "preferred"}, [0, 7])
-    assert pref.mem_nodes == (0,) and "takes one node" in pref.notes[0]
+    pref = plan({"memory": "preferred"}, [7, 0])
+    assert pref.mem_nodes == (0, 1) and pref.home == 1        # GPU 7's own node
+    assert "MPOL_PREFERRED_MANY" in pref.notes[0] and "else node 1" in pref.notes[0]
 
 
 def test_dgx_exclusive_splits_physical_cores_among_the_nodes_gpus(on_machine):
@@ -155,3 +156,60 @@ def test_core_complex_on_one_l3_per_socket_is_the_whole_node(on_machine, machine
 def test_exclusive_on_nps4_with_one_gpu_per_node_is_the_whole_node(on_machine):
     on_machine("amd-nps4")
     assert_plan(plan({"cpus": "exclusive"}, [4]), "120-143,312-335", [5])
+
+
+def test_cpuset_container_exclusive_splits_the_allowed_cores(on_machine):
+    """Item 1/3: cores come from node CPUs & allowed CPUs, then the split."""
+    on_machine("cpuset-container")
+    shares = [format_cpulist(plan({"cpus": "exclusive"}, [g]).cpus) for g in range(4)]
+    assert shares == ["8,120", "9,121", "10,122", "11,123"]
+    for g in range(4, 8):               # 2 allowed cores on node 1 for its 4 GPUs
+        d = plan({"cpus": "exclusive"}, [g])
+        assert isinstance(d, Skip) and "only 2 allowed cores for 4 GPUs on node 1" in d.reason
+
+
+def test_split_rule_gives_spare_cores_to_the_lowest_gpus(on_machine):
+    """Item 2: q, r = divmod(cores, gpus); GPU k gets [k*q + min(k, r), +q + (k < r))."""
+    from ray_numa.policy import split_range
+    assert [split_range(10, k, 4) for k in range(4)] == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    on_machine("gb200")                  # 72 cores, GPUs 0-1 on Grace 0: 36 each
+    assert [format_cpulist(plan({"cpus": "exclusive"}, [g]).cpus) for g in (0, 1)] == \
+        ["0-35", "36-71"]
+
+
+def test_single_node_machine_still_splits_for_exclusive_and_core_complex(on_machine):
+    """Item 5: node/socket skip on one node; exclusive and core-complex split it,
+    and numa_node -1 there can only mean the one node."""
+    on_machine("workstation")
+    assert isinstance(plan({"cpus": "socket"}, [0]), Skip)
+    assert_plan(plan({"cpus": "exclusive"}, [0]), "0-7,16-23", [0])
+    assert_plan(plan({"cpus": "exclusive"}, [1]), "8-15,24-31", [0])
+    assert_plan(plan({"cpus": "core-complex"}, [1]), "8-15,24-31", [0])
+
+
+def test_preferred_over_several_nodes_prefers_the_gpus_own_node(on_machine):
+    """Item 6: socket mode on NPS4, GPU 0 sits on node 1: prefer 0-3 (preferred-many)
+    with node 1 as the one-node fallback, not node 0."""
+    on_machine("amd-nps4")
+    d = plan({"cpus": "socket", "memory": "preferred"}, [0])
+    assert_plan(d, "0-95,192-287", [0, 1, 2, 3], "preferred")
+    assert d.home == 1
+    assert plan({"cpus": "socket", "memory": "interleave"}, [2]).home == 3
+
+
+def test_span_compares_cpu_nodes_not_memory_nodes(on_machine):
+    """Item 7: GB200 GPUs 0 and 1 (HBM nodes 2 and 10) share Grace 0: no span."""
+    on_machine("gb200")
+    assert_plan(plan({"span": "skip"}, [0, 1]), "0-71", [0])
+    assert isinstance(plan({"span": "skip"}, [1, 2]), Skip)
+
+
+def test_explicit_node_without_memory_says_so_and_strict_refuses(on_machine):
+    """Item 8: GB200 node 3 (MIG-reserved, no memory) under memory "bind"."""
+    on_machine("gb200")
+    d = plan({"node": 3})
+    assert_plan(d, "0-71", [0])
+    assert any("node 3 has no memory" in n and "node(s) 0 instead" in n for n in d.notes)
+    strict = plan({"node": 3, "strict": True})
+    assert isinstance(strict, Skip) and "node 3 has no memory" in strict.reason
+    assert isinstance(plan({"node": 2, "strict": True}), Plan)

@@ -1,5 +1,6 @@
 """Topology and allowed-resource discovery from fixture trees and this kernel."""
 import os
+import re
 from pathlib import Path
 
 from ray_numa import topology
@@ -18,8 +19,8 @@ def test_dgx_nodes_distances_and_smt(machine_tree):
     assert format_cpulist(topo.nodes[1].cpus) == "56-111,168-223"
     assert topo.distance(0, 1) == 21 and topo.distance(1, 1) == 10
     assert topo.nodes[0].mem_kb == 1024 * 1024 * 1024
-    assert topo.cpus[5].core == topo.cpus[117].core == (0, 5)
-    assert topo.cpus[60].package == 1
+    assert topo.siblings(5) == topo.siblings(117) == {5, 117}
+    assert topo.package(60) == 1 and topo.package(5) == 0
 
 
 def test_gb200_cpu_less_nodes_resolve_to_nearest_grace(machine_tree):
@@ -35,7 +36,7 @@ def test_gb200_cpu_less_nodes_resolve_to_nearest_grace(machine_tree):
 def test_nps4_packages_and_l3_groups(machine_tree):
     topo = read_topology(machine_tree("amd-nps4") / "sys")
     assert topo.nodes_of_packages(topo.packages_of([1])) == (0, 1, 2, 3)
-    assert format_cpulist(topo.cpus[26].l3) == "24-31,216-223"
+    assert format_cpulist(topo.llc(26)) == "24-31,216-223"
 
 
 def test_cpuset_container_status_limits_allowed(machine_tree):
@@ -48,7 +49,8 @@ def test_cpuset_container_status_limits_allowed(machine_tree):
 
 def test_this_kernel_matches_proc_and_affinity():
     topo = read_topology(Path("/sys"))
-    assert set(topo.cpus) >= set(os.sched_getaffinity(0))
+    assert topo.online >= set(os.sched_getaffinity(0))
+    assert all(c in topo.siblings(c) and c in topo.llc(c) for c in topo.online)
     allowed = read_allowed(Path("/proc/self/status"), topo, frozenset(os.sched_getaffinity(0)))
     assert allowed.cpus == frozenset(os.sched_getaffinity(0))
     assert allowed.mems and allowed.mems <= set(topo.nodes)
@@ -64,3 +66,27 @@ def test_kernel_without_numa_dir_is_one_node(tmp_path):
 def test_machine_topology_is_cached(on_machine):
     on_machine("dgx-h100")
     assert topology.machine_topology() is topology.machine_topology()
+
+
+def _cpus_read(files):
+    return {int(m.group(1)) for f in files for m in [re.search(r"/cpu/cpu(\d+)/", f)] if m}
+
+
+def test_binding_one_gpu_opens_only_what_its_mode_needs(on_machine):
+    """Issue 11: node mode on the DGX H100 needs node lists, distances, meminfo and
+    the GPUs' PCI nodes (it opened 2929 files when every CPU was read up front);
+    the CPU modes read per-CPU files only for the CPUs of the GPU's node."""
+    from ray_numa.report import files_opened_to_plan
+    root = str(on_machine("dgx-h100"))
+    files_opened_to_plan("auto", ["0"])                      # imports out of the way
+    node = files_opened_to_plan("auto", ["0"])
+    assert len(node) <= 40 and all(f.startswith(root) for f in node)
+    assert not _cpus_read(node)
+    # socket: one CPU per node says which socket the node is on
+    assert _cpus_read(files_opened_to_plan({"cpus": "socket"}, ["0"])) == {0, 56}
+    node0 = set(range(56)) | set(range(112, 168))
+    for mode, most in (("exclusive", 56), ("core-complex", 8)):
+        files = files_opened_to_plan({"cpus": mode}, ["0"])
+        read = _cpus_read(files)
+        assert read and read <= node0, mode            # only the GPU's node
+        assert len(files) <= len(node) + most * 2, (mode, len(files))
