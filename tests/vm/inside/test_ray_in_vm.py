@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_numa.locality import local_share, resident_kb_by_node
+from ray_numa.locality import local_share, parse_numa_maps, resident_kb_by_node
 from ray_numa.topology import format_cpulist, read_topology
 
 pytestmark = [pytest.mark.skipif(os.environ.get("RAY_NUMA_IN_VM") != "1",
@@ -55,9 +55,19 @@ def reports():
         print(f"VM_RAY three actors replied after {time.monotonic() - started:.0f} s")
         for name, r in got.items():
             r["process_kb"] = resident_kb_by_node(r["pid"])
+            r["anon_kb"] = anon_kb_by_node(r["pid"])
             print(f"VM_RAY {name}: pid {r['pid']} cpus {r['cpus_allowed']} mempolicy "
-                  f"{r['mempolicy']} buffer {r['pages']} process KiB {r['process_kb']}")
+                  f"{r['mempolicy']} buffer pages {r['pages']} process KiB {r['process_kb']} "
+                  f"anonymous KiB {r['anon_kb']}")
         yield got
+
+
+def anon_kb_by_node(pid: int) -> dict:
+    """The process's own (anonymous) memory per node, read from outside it as an audit
+    would. All resident memory also counts file pages shared with other processes (the
+    interpreter, libraries), which sit wherever their first reader put them."""
+    with open(f"/proc/{pid}/numa_maps") as f:
+        return parse_numa_maps("\n".join(line for line in f if " anon=" in line))
 
 
 def pages(r) -> dict:
@@ -72,6 +82,7 @@ def test_auto_gpu_actor_is_bound_to_its_gpus_node(reports):
     assert r["cpus_allowed"] == CPUS[1] and r["thread_cpus"] == [CPUS[1]]
     assert r["mempolicy"] == ["bind", [1]] and r["show"]["membind"] == "1"
     assert local_share(pages(r), [1]) >= 99.0, r["pages"]
+    assert local_share(r["anon_kb"], [1]) >= 99.0, r["anon_kb"]
 
 
 def test_explicit_node_0_actor_runs_under_numactl(reports):
@@ -80,6 +91,7 @@ def test_explicit_node_0_actor_runs_under_numactl(reports):
     assert r["cpus_allowed"] == CPUS[0] and r["thread_cpus"] == [CPUS[0]]
     assert r["mempolicy"] == ["bind", [0]] and r["show"]["membind"] == "0"
     assert local_share(pages(r), [0]) >= 99.0, r["pages"]
+    assert local_share(r["anon_kb"], [0]) >= 99.0, r["anon_kb"]
 
 
 def test_cpu_only_actor_under_job_level_auto_is_untouched(reports):
