@@ -138,6 +138,10 @@ def fixed_agent_ports() -> None:
         args = shlex.split(agent_command)
         script = next(i for i, a in enumerate(args) if a.endswith(".py"))
         opts = dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        for needed in ("--session-dir", "--node-id"):
+            if needed not in opts:
+                raise ShimOutdated(f"a Ray agent's command has no {needed} (the VM tier's "
+                                   f"shim was checked on Ray {RAY_CHECKED})")
         files = [f"{os.path.join(opts['--session-dir'], get_port_filename(opts['--node-id'], name))}"
                  f"={opts[flag]}" for flag, name in port_names.items()
                  if opts.get(flag, "0") != "0"]

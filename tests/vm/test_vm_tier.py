@@ -15,7 +15,9 @@ from tests.vm import ray_shims, vmtier
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.vm
-# Guest wall time measured on a loaded 2-core host: two-node ~N s, four-node ~M s.
+# Boot wall times on the 2-core host while other jobs loaded it: two-node 305 s (its Ray
+# actors 200 s; 410 s when load average was 35), four-node about 60 s. The timeouts
+# leave room for a slower CI runner and still end a hung guest.
 LAYOUTS = {"two-node": dict(passed=8, timeout=1200), "four-node": dict(passed=2, timeout=540)}
 
 

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.skipif(os.environ.get("RAY_NUMA_IN_VM") != "1",
               pytest.mark.skipif("not os.path.exists('/sys/bus/pci/devices/0000:81:00.0')",
                                  reason="needs the two-node layout")]
 NVML = Path(__file__).resolve().parents[1] / "nvml"
-ACTOR_TIMEOUT_S = 600
+ACTOR_TIMEOUT_S = 750     # 200 s measured on 2 loaded cores, 410 s when very loaded
 TOPO = read_topology(Path("/sys"))
 CPUS = {node: format_cpulist(TOPO.nodes[node].cpus) for node in TOPO.nodes}
 
@@ -70,28 +70,28 @@ def anon_kb_by_node(pid: int) -> dict:
         return parse_numa_maps("\n".join(line for line in f if " anon=" in line))
 
 
-def pages(r) -> dict:
-    return {int(node): count for node, count in r["pages"].items()}
+def assert_bound_to(r: dict, node: int) -> None:
+    """Every thread on ``node``'s CPUs, memory bound there, and its buffer (from inside)
+    and its anonymous memory (from outside) >= 99 % there per numa_maps."""
+    assert r["binding"]["status"] == "bound", r["binding"]
+    assert r["cpus_allowed"] == CPUS[node] and r["thread_cpus"] == [CPUS[node]]
+    assert r["mempolicy"] == ["bind", [node]] and r["show"]["membind"] == str(node)
+    buffer = {int(n): count for n, count in r["pages"].items()}
+    assert local_share(buffer, [node]) >= 99.0, buffer
+    assert local_share(r["anon_kb"], [node]) >= 99.0, r["anon_kb"]
 
 
 def test_auto_gpu_actor_is_bound_to_its_gpus_node(reports):
     r = reports["auto-gpu"]
     assert r["gpu_ids"] == ["0"] and r["binding"]["gpus"] == ["0"]
-    assert r["binding"]["status"] == "bound", r["binding"]
-    assert r["binding"]["cpu_nodes"] == [1] and r["binding"]["mem_nodes"] == [1]
-    assert r["cpus_allowed"] == CPUS[1] and r["thread_cpus"] == [CPUS[1]]
-    assert r["mempolicy"] == ["bind", [1]] and r["show"]["membind"] == "1"
-    assert local_share(pages(r), [1]) >= 99.0, r["pages"]
-    assert local_share(r["anon_kb"], [1]) >= 99.0, r["anon_kb"]
+    assert r["binding"]["cpu_nodes"] == [1] and r["binding"]["mem_nodes"] == [1], r["binding"]
+    assert_bound_to(r, 1)
 
 
 def test_explicit_node_0_actor_runs_under_numactl(reports):
     r = reports["node0"]
-    assert r["binding"]["status"] == "bound" and r["binding"]["backend"] == "numactl", r["binding"]
-    assert r["cpus_allowed"] == CPUS[0] and r["thread_cpus"] == [CPUS[0]]
-    assert r["mempolicy"] == ["bind", [0]] and r["show"]["membind"] == "0"
-    assert local_share(pages(r), [0]) >= 99.0, r["pages"]
-    assert local_share(r["anon_kb"], [0]) >= 99.0, r["anon_kb"]
+    assert r["binding"]["backend"] == "numactl", r["binding"]
+    assert_bound_to(r, 0)
 
 
 def test_cpu_only_actor_under_job_level_auto_is_untouched(reports):
