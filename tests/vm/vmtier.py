@@ -11,8 +11,12 @@ Layouts (the guest renumbers nodes, so tests read the guest's sysfs):
 * ``four-node``: nodes with CPU+memory (0, 1), a CPU-less node with memory, and a
   memory-less node with two CPUs.
 
-The guest's /tmp is a fresh tmpfs, so this checkout is shared separately and mounted
-at its own path (CI clones may live under /tmp).
+The host root is exported twice: plain (the guest's /, always current) and with
+``cache=loose`` (read-only, so nothing goes stale during a boot). The loose view is bound
+over the trees Python reads -- /usr, the interpreter's prefixes and this checkout -- which
+makes the guest's ``import ray`` about 2x and Python's start about 4x faster. Those trees
+are bound at their own paths, so a venv or a clone under /tmp (hidden by the guest's
+fresh tmpfs) works like any other.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import gzip
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List
@@ -59,6 +64,21 @@ LAYOUTS: Dict[str, List[str]] = {
 
 class VMUnavailable(RuntimeError):
     """QEMU, busybox or the kernel package cannot be had here."""
+
+
+def shared_trees() -> List[str]:
+    """Host trees the guest sees at their own paths through the loose-cache export:
+    /usr, the running interpreter's prefixes (a venv and its base) and this checkout,
+    outermost only."""
+    trees = sorted({os.path.realpath(p) for p in
+                    ("/usr", sys.prefix, sys.base_prefix, sys.exec_prefix, REPO)})
+    out: List[str] = []
+    for tree in trees:
+        if any(s in tree for s in (" ", ":", "\t")):
+            raise VMUnavailable(f"cannot share {tree!r} with the guest: space or colon in it")
+        if not any(tree == kept or tree.startswith(kept + "/") for kept in out):
+            out.append(tree)
+    return [t for t in out if t != "/"]
 
 
 @dataclasses.dataclass
@@ -126,7 +146,8 @@ def initramfs() -> Path:
         return target
     kroot = kernel()
     moddir = next((kroot / "lib/modules").iterdir())
-    entries = [(d, 0o40755, b"") for d in ("bin", "mods", "host", "proc", "sys", "dev", "tmp")]
+    entries = [(d, 0o40755, b"") for d in ("bin", "mods", "host", "loose", "proc", "sys",
+                                                   "dev", "tmp")]
     entries.append(("bin/busybox", 0o100755, Path("/bin/busybox").read_bytes()))
     entries.append(("init", 0o100755, (HERE / "init.sh").read_bytes()))
     for name in MODULES:
@@ -139,8 +160,11 @@ def initramfs() -> Path:
     return target
 
 
-def boot(layout: str, script: str, timeout: float = 540, memory_note: str = "") -> Result:
-    """Boot ``layout`` and run ``script`` (sh) inside; returns its rc and output."""
+def boot(layout: str, script: str, timeout: float = 540) -> Result:
+    """Boot ``layout`` and run ``script`` (sh) inside; returns its rc and output.
+
+    Past ``timeout`` QEMU is killed and the result has rc -1 with what the guest wrote.
+    """
     kroot = kernel()
     vmlinuz = next(kroot.glob("boot/vmlinuz-*"))
     initrd = initramfs()
@@ -148,18 +172,27 @@ def boot(layout: str, script: str, timeout: float = 540, memory_note: str = "") 
         Path(xfer, "cmd.sh").write_text(script)
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max",
                "-kernel", str(vmlinuz), "-initrd", str(initrd),
-               "-append", f"console=ttyS0 quiet panic=-1 ray_numa_repo={REPO}",
+               "-append", "console=ttyS0 quiet panic=-1 "
+                          f"ray_numa_share={':'.join(shared_trees())}",
                "-nographic", "-no-reboot",
                "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
                           "multidevs=remap",
                "-virtfs", f"local,path={xfer},mount_tag=xfer,security_model=none",
-               "-virtfs", f"local,path={REPO},mount_tag=repo,security_model=none,"
-                          "readonly=on,multidevs=remap",
+               "-virtfs", "local,path=/,mount_tag=hostloose,security_model=none,readonly=on,"
+                          "multidevs=remap",
                *LAYOUTS[layout]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+            console = proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            console = _text(exc.stdout) + _text(exc.stderr) + f"\nQEMU KILLED after {timeout} s"
         out_file = Path(xfer, "out.txt")
         output = out_file.read_text(errors="replace") if out_file.exists() else ""
     rc_line = [l for l in output.splitlines() if l.startswith("CMD_RC=")]
     rc = int(rc_line[-1].split("=")[1]) if rc_line else -1
-    return Result(rc=rc, output=output, console=proc.stdout + proc.stderr)
+    return Result(rc=rc, output=output, console=console)
+
+
+def _text(data) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")

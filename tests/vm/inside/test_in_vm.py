@@ -1,7 +1,7 @@
 """Run inside the VM tier's guest kernel (RAY_NUMA_IN_VM=1); skipped elsewhere.
 
 Real multi-node kernel, real sysfs, a PCI function on node 1 standing in for a GPU
-that the fake NVML (only ``nvml.json`` in the fixture) names by its bus id, so the
+that the fake NVML (``tests/vm/nvml``: only ``nvml.json``) names by its bus id, so the
 GPU's node comes from the guest kernel. Pages are counted in /proc/self/numa_maps.
 """
 import json
@@ -21,12 +21,8 @@ TOPO = read_topology(__import__("pathlib").Path("/sys"))
 
 
 @pytest.fixture(scope="module")
-def nvml_fixture(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vm-nvml")
-    (root / "nvml.json").write_text(json.dumps({"devices": [
-        {"uuid": "GPU-0f0f0f0f-0000-0000-0000-000000000001", "name": "stand-in",
-         "bus_id": "00000000:81:00.0", "compute_capability": [9, 0]}]}))
-    return {"RAY_NUMA_FIXTURE": str(root)}
+def nvml_fixture():
+    return {"RAY_NUMA_FIXTURE": str(ROOT / "tests" / "vm" / "nvml")}
 
 
 def layout():
