@@ -13,14 +13,19 @@ _NODE_PAGES = re.compile(r"\bN(\d+)=(\d+)")
 _PAGE_KB = re.compile(r"\bkernelpagesize_kB=(\d+)")
 
 
-def parse_numa_maps(text: str) -> Dict[int, int]:
-    """KiB resident per NUMA node over every mapping of a ``numa_maps`` text.
+def parse_numa_maps(text: str, anonymous: bool = False) -> Dict[int, int]:
+    """KiB resident per NUMA node over the mappings of a ``numa_maps`` text.
 
     Counts are weighted by each mapping's page size, so a huge-page mapping counts
-    for its real size rather than as one page.
+    for its real size rather than as one page. ``anonymous`` keeps only mappings
+    holding anonymous pages (``anon=``: heap, stacks, buffers): the process's own
+    memory. File pages (the interpreter, shared libraries) sit wherever their first
+    reader in the whole machine loaded them, so they say nothing about the binding.
     """
     out: Dict[int, int] = {}
     for line in text.splitlines():
+        if anonymous and " anon=" not in line:
+            continue
         size = _PAGE_KB.search(line)
         page_kb = int(size.group(1)) if size else 4
         for node, pages in _NODE_PAGES.findall(line):
@@ -28,11 +33,13 @@ def parse_numa_maps(text: str) -> Dict[int, int]:
     return out
 
 
-def resident_kb_by_node(pid: Union[int, str] = "self") -> Dict[int, int]:
-    """KiB of ``pid``'s resident memory on each NUMA node; raises OSError (e.g.
-    PermissionError for another user's process, FileNotFoundError once it exited)."""
+def resident_kb_by_node(pid: Union[int, str] = "self",
+                        anonymous: bool = False) -> Dict[int, int]:
+    """KiB of ``pid``'s resident memory on each NUMA node (see :func:`parse_numa_maps`
+    for ``anonymous``); raises OSError (e.g. PermissionError for another user's
+    process, FileNotFoundError once it exited)."""
     with open(f"/proc/{pid}/numa_maps") as f:
-        return parse_numa_maps(f.read())
+        return parse_numa_maps(f.read(), anonymous)
 
 
 def local_share(kb_by_node: Dict[int, int], nodes: Iterable[int]) -> float:

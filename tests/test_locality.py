@@ -16,6 +16,10 @@ def test_parse_weights_pages_by_page_size():
     assert parse_numa_maps(SAMPLE) == {0: 44, 1: 8 + 4096}
 
 
+def test_anonymous_keeps_only_mappings_with_anonymous_pages():
+    assert parse_numa_maps(SAMPLE, anonymous=True) == {0: 4, 1: 8 + 4096}
+
+
 def test_local_share_is_percent_of_resident_memory():
     kb = parse_numa_maps(SAMPLE)
     assert local_share(kb, [1]) == round(100 * 4104 / 4148, 2)
@@ -24,8 +28,8 @@ def test_local_share_is_percent_of_resident_memory():
 
 
 def test_this_process_real_numa_maps_count_a_touched_buffer():
-    before = sum(resident_kb_by_node().values())
+    before = sum(resident_kb_by_node(anonymous=True).values())
     buf, _ = touch_buffer(32)
-    after = sum(resident_kb_by_node().values())
+    after = sum(resident_kb_by_node(anonymous=True).values())
     assert after - before >= 30 * 1024
     buf.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_numa.locality import local_share, parse_numa_maps, resident_kb_by_node
+from ray_numa.locality import local_share, resident_kb_by_node
 from ray_numa.topology import format_cpulist, read_topology
 
 pytestmark = [pytest.mark.skipif(os.environ.get("RAY_NUMA_IN_VM") != "1",
@@ -55,19 +55,11 @@ def reports():
         print(f"VM_RAY three actors replied after {time.monotonic() - started:.0f} s")
         for name, r in got.items():
             r["process_kb"] = resident_kb_by_node(r["pid"])
-            r["anon_kb"] = anon_kb_by_node(r["pid"])
+            r["anon_kb"] = resident_kb_by_node(r["pid"], anonymous=True)
             print(f"VM_RAY {name}: pid {r['pid']} cpus {r['cpus_allowed']} mempolicy "
                   f"{r['mempolicy']} buffer pages {r['pages']} process KiB {r['process_kb']} "
                   f"anonymous KiB {r['anon_kb']}")
         yield got
-
-
-def anon_kb_by_node(pid: int) -> dict:
-    """The process's own (anonymous) memory per node, read from outside it as an audit
-    would. All resident memory also counts file pages shared with other processes (the
-    interpreter, libraries), which sit wherever their first reader put them."""
-    with open(f"/proc/{pid}/numa_maps") as f:
-        return parse_numa_maps("\n".join(line for line in f if " anon=" in line))
 
 
 def assert_bound_to(r: dict, node: int) -> None:
