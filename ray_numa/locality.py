@@ -13,6 +13,10 @@ _NODE_PAGES = re.compile(r"\bN(\d+)=(\d+)")
 _PAGE_KB = re.compile(r"\bkernelpagesize_kB=(\d+)")
 
 
+def _own(line: str) -> bool:
+    return " anon=" in line or " file=/dev/zero" in line
+
+
 def parse_numa_maps(text: str, anonymous: bool = False) -> Dict[int, int]:
     """KiB resident per NUMA node over the mappings of a ``numa_maps`` text.
 
@@ -24,7 +28,7 @@ def parse_numa_maps(text: str, anonymous: bool = False) -> Dict[int, int]:
     """
     out: Dict[int, int] = {}
     for line in text.splitlines():
-        if anonymous and " anon=" not in line:
+        if anonymous and not _own(line):
             continue
         size = _PAGE_KB.search(line)
         page_kb = int(size.group(1)) if size else 4
