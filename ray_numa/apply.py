@@ -88,7 +88,7 @@ class Applied:
 
 def _ladder(memory: str) -> Tuple[str, ...]:
     return {"bind": ("bind", "preferred"), "preferred": ("preferred",),
-            "interleave": ("interleave", "preferred")}.get(memory, ())
+            "interleave": ("interleave", "preferred"), "local": ("local",)}.get(memory, ())
 
 
 def apply_plan(plan: Plan, backend: Any, migrate: bool,
@@ -111,7 +111,7 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
         notes.append(SYS_NICE_FIX + f"; memory policy is '{memory}' instead of "
                      f"'{plan.memory}'")
     migrated = False
-    if migrate and memory in ("bind", "preferred"):
+    if migrate and memory in ("bind", "preferred", "local"):
         others = sorted(set(all_nodes) - set(plan.mem_nodes))
         if others:
             try:

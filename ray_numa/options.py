@@ -54,10 +54,12 @@ class BindOptions:
 
     @classmethod
     def from_json(cls, text: str) -> "BindOptions":
+        """Rebuild from :meth:`to_json`. Keys this version does not know (a newer
+        agent's) are ignored, so a version skew never stops a worker from starting."""
         raw = json.loads(text)
-        for key in ("node", "cpus"):
-            if isinstance(raw[key], list):
-                raw[key] = tuple(raw[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        raw = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in raw.items() if k in known}
         return cls(**raw)
 
 
