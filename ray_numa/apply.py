@@ -98,7 +98,7 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
     notes: List[str] = []
     memory = "none"
     for mode in _ladder(plan.memory):
-        nodes = plan.mem_nodes if mode != "preferred" else plan.mem_nodes[:1]
+        nodes = {"preferred": plan.mem_nodes[:1], "local": ()}.get(mode, plan.mem_nodes)
         try:
             backend.set_mempolicy(mode, nodes)
             memory = mode
