@@ -125,3 +125,14 @@ def test_current_binding_says_why_ray_numa_could_not_start(ray, tmp_path):
     warned = [p for p, _ in lines_with(ray, "ray_numa is broken in this env")]
     assert warned and all(p.endswith(f"-{pid}.err") for p in warned), warned
     assert lines_with(ray, "ray_numa is broken in this env", "raylet.err") == []
+
+
+def test_numa_bind_none_means_unset(ray):
+    @ray.remote(num_gpus=1, runtime_env={"numa_bind": None, "env_vars": {"X": "1"}})
+    class Plain:
+        def inspect(self):
+            return inspect()
+
+    r = ray.get(Plain.remote().inspect.remote(), timeout=120)
+    assert r["binding"]["status"] == "unbound" and r["binding"]["calls"] == []
+    assert r["mempolicy"] == ["default", []]
