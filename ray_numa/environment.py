@@ -33,6 +33,20 @@ BOOT_ERROR_ENV = "RAY_NUMA_BOOT_ERROR"
 
 _TRUE = {"1", "true", "yes", "on"}
 
+#: The Ray releases ray-numa is tested with (pyproject's range; README).
+SUPPORTED_RAY = "2.60"
+
+
+def ray_hook_missing(hook: str, effect: str) -> str:
+    """The message for a private Ray hook this Ray lacks: which hook, which Ray,
+    what the user loses, and which Ray versions ray-numa supports."""
+    try:
+        from ray._version import version
+    except Exception:
+        version = "(unknown version)"
+    return (f"Ray {version} has no {hook}, which ray-numa uses {effect}; "
+            f"ray-numa supports Ray {SUPPORTED_RAY}")
+
 
 def disabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     """The kill switch, from ``environ`` (e.g. a runtime_env's env_vars) or ours."""

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 #: Ray's private functions this module wraps: (module, owner attribute or "", name).
 ASSIGNMENT_HOOK = ("ray._private.utils", "", "set_visible_accelerator_ids")
 TASK_START_HOOK = ("ray._private.worker", "Worker", "record_task_log_start")
-SUPPORTED_RAY = "2.60"
 
 _spec: Optional[str] = None                 # the plugin's RAY_NUMA_SPEC (JSON)
 _auto = False
@@ -76,15 +75,7 @@ def _bind_at_start(options: "BindOptions") -> None:
         _start_error = exc    # raised as the first task's error (see module doc)
 
 
-def _ray_version() -> str:
-    try:
-        from ray._version import version
-        return str(version)
-    except Exception:
-        return "unknown"
-
-
-def _wrap(hook: tuple, make: Callable[[Callable], Callable]) -> bool:
+def _wrap(hook: tuple, make: Callable[[Callable], Callable], effect: str) -> bool:
     """Replace one of Ray's private functions with ``make(original)``; False and a
     warning naming the Ray version if this Ray lacks it."""
     module_name, owner_name, name = hook
@@ -94,13 +85,7 @@ def _wrap(hook: tuple, make: Callable[[Callable], Callable]) -> bool:
     original = getattr(owner, name, None) if owner is not None else None
     if not callable(original):
         where = ".".join(p for p in (module_name, owner_name, name) if p)
-        environment.logger().warning(
-            "Ray %s has no %s, which ray-numa %s; ray-numa supports Ray %s.",
-            _ray_version(), where,
-            "needs to bind 'auto' workers: running unbound"
-            if hook is ASSIGNMENT_HOOK else
-            "uses to report strict failures as the task's error: they crash the worker",
-            SUPPORTED_RAY)
+        environment.logger().warning("%s", environment.ray_hook_missing(where, effect))
         return False
     wrapper = functools.wraps(original)(make(original))
     setattr(owner, name, wrapper)
@@ -128,8 +113,11 @@ def hook_ray(ray_worker_module: Any = None) -> None:
         return record_task_log_start
 
     if _auto:
-        _wrap(ASSIGNMENT_HOOK, after_assignment)
-    _raise_at_assignment = not _wrap(TASK_START_HOOK, before_task)
+        _wrap(ASSIGNMENT_HOOK, after_assignment,
+              "to bind 'auto' workers when GPUs are assigned: running unbound")
+    _raise_at_assignment = not _wrap(
+        TASK_START_HOOK, before_task, "to make a strict failure the task's own error: "
+        "it fails the worker instead (Ray may retry the task)")
 
 
 def log_ready() -> None:

@@ -64,3 +64,38 @@ def test_probe_without_numactl_falls_back_to_in_process(monkeypatch):
     plan = Plan(cpus=frozenset({0}), cpu_nodes=(0,), mem_nodes=(0,), memory="bind", reason="t")
     argv, memory, notes = probe_numactl(plan)
     assert argv is None and "numactl is not installed" in notes[0]
+
+
+def test_ray_hooks_are_wrapped_when_default_worker_imports_ray(tmp_path):
+    script = tmp_path / "worker_main.py"
+    script.write_text(
+        "import json, sys\n"
+        "assert 'ray' not in sys.modules   # the bootstrap imported no Ray\n"
+        "import ray._private.worker as w, ray._private.utils as u\n"
+        "print(json.dumps({'assign': hasattr(u.set_visible_accelerator_ids, '__wrapped__'),"
+        " 'task_start': hasattr(w.Worker.record_task_log_start, '__wrapped__'),"
+        " 'connect': w.connect.__name__, 'loader': type(w.__loader__).__name__}))\n")
+    proc = subprocess.run([sys.executable, BOOT_SCRIPT, str(script)], capture_output=True,
+                          text=True, timeout=120, env=dict(
+                              os.environ, RAY_NUMA_SPEC='{"node": "auto"}'))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "assign": True, "task_start": True, "connect": "connect_then_log",
+        "loader": "SourceFileLoader"}
+
+
+def test_a_missing_ray_hook_is_named_with_the_ray_version():
+    import ray
+    from tests.procs import run_child
+    proc = run_child('''
+        import ray._private.utils as u, ray._private.worker as w
+        del u.set_visible_accelerator_ids, w.Worker.record_task_log_start   # "another Ray"
+        from ray_numa import worker
+        worker.install()
+        worker.hook_ray(w)
+        worker.log_ready()
+    ''', env={"RAY_NUMA_SPEC": '{"node": "auto"}'})
+    for hook in ("ray._private.utils.set_visible_accelerator_ids",
+                 "ray._private.worker.Worker.record_task_log_start"):
+        assert f"Ray {ray.__version__} has no {hook}" in proc.stderr, proc.stderr
+    assert proc.stderr.count("ray-numa supports Ray 2.60") == 2
