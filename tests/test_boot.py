@@ -66,18 +66,24 @@ def test_probe_without_numactl_falls_back_to_in_process(monkeypatch):
     assert argv is None and "numactl is not installed" in notes[0]
 
 
-def test_ray_hooks_are_wrapped_when_default_worker_imports_ray(tmp_path):
+@pytest.mark.parametrize("ray_imported_at_startup", [False, True])
+def test_ray_hooks_are_wrapped_when_default_worker_imports_ray(tmp_path,
+                                                               ray_imported_at_startup):
+    env = dict(os.environ, RAY_NUMA_SPEC='{"node": "auto"}')
+    if ray_imported_at_startup:     # e.g. by a sitecustomize, before the bootstrap runs
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text("import ray._private.worker\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
     script = tmp_path / "worker_main.py"
     script.write_text(
         "import json, sys\n"
-        "assert 'ray' not in sys.modules   # the bootstrap imported no Ray\n"
+        f"assert ('ray' in sys.modules) is {ray_imported_at_startup}   # boot imports none\n"
         "import ray._private.worker as w, ray._private.utils as u\n"
         "print(json.dumps({'assign': hasattr(u.set_visible_accelerator_ids, '__wrapped__'),"
         " 'task_start': hasattr(w.Worker.record_task_log_start, '__wrapped__'),"
         " 'connect': w.connect.__name__, 'loader': type(w.__loader__).__name__}))\n")
     proc = subprocess.run([sys.executable, BOOT_SCRIPT, str(script)], capture_output=True,
-                          text=True, timeout=120, env=dict(
-                              os.environ, RAY_NUMA_SPEC='{"node": "auto"}'))
+                          text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == {
         "assign": True, "task_start": True, "connect": "connect_then_log",

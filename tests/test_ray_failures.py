@@ -136,3 +136,14 @@ def test_numa_bind_none_means_unset(ray):
     r = ray.get(Plain.remote().inspect.remote(), timeout=120)
     assert r["binding"]["status"] == "unbound" and r["binding"]["calls"] == []
     assert r["mempolicy"] == ["default", []]
+
+
+def test_strict_explicit_node_stays_a_runtime_env_setup_error(ray):
+    @ray.remote(runtime_env={"numa_bind": {"node": 5, "strict": True}})
+    class Pinned:
+        def ping(self):
+            return "pong"
+
+    with pytest.raises(ray.exceptions.RuntimeEnvSetupError) as err:
+        ray.get(Pinned.remote().ping.remote(), timeout=120)
+    assert "numa_bind (strict): NUMA node 5" in str(err.value)

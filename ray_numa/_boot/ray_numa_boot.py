@@ -68,20 +68,21 @@ def _say(message):
 
 def load_ray_numa():
     """(ray_numa.worker or None, a message for the worker's log or None)."""
+    worker = None
     try:
         from ray_numa import worker
         worker.install()
         return worker, None
     except Exception as exc:        # never stop the worker from starting
-        if isinstance(exc, ImportError):
+        if worker is None:
             why = (f"ray_numa is not importable by this worker's interpreter "
-                   f"({sys.executable}): {exc}; install ray-numa into the worker's "
-                   "environment.")
+                   f"({sys.executable}): {type(exc).__name__}: {exc}; install ray-numa "
+                   "into the worker's environment.")
         else:
             why = f"ray_numa failed to set up this worker: {type(exc).__name__}: {exc}."
         message = f"{why} Running unbound."
         os.environ[BOOT_ERROR_ENV] = message
-        return None, message
+        return worker, message      # the worker, if imported, still releases its log
 
 
 def on_ray_worker_module(module, worker, message):
@@ -120,8 +121,11 @@ def main():
     # Look like `python default_worker.py`: its directory first on the path.
     sys.path[0] = os.path.dirname(os.path.abspath(script))
     worker, message = load_ray_numa()
-    sys.meta_path.insert(0, AfterImport(
-        RAY_WORKER_MODULE, lambda module: on_ray_worker_module(module, worker, message)))
+    hook = lambda module: on_ray_worker_module(module, worker, message)  # noqa: E731
+    if RAY_WORKER_MODULE in sys.modules:    # imported early (sitecustomize, a .pth)
+        hook(sys.modules[RAY_WORKER_MODULE])
+    else:
+        sys.meta_path.insert(0, AfterImport(RAY_WORKER_MODULE, hook))
     runpy.run_path(script, run_name="__main__")
 
 
