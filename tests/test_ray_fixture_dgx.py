@@ -26,7 +26,7 @@ def ray(machine_tree):
 def expected_calls(gpu: str, memory: str = "bind"):
     node = 0 if int(gpu) < 4 else 1
     return [["sched_setaffinity", "all-threads", NODE_CPUS[node]],
-            ["set_mempolicy", memory, str(node)],
+            ["set_mempolicy", memory, "" if memory == "local" else str(node)],
             ["migrate_pages", str(1 - node), str(node)]]
 
 
