@@ -137,21 +137,21 @@ def _pooled() -> bool:
 
 
 def on_assignment() -> None:
-    """Called after Ray set the visible accelerators for a task or actor."""
+    """Called after Ray set the visible accelerators for a task or actor. Never
+    raises (see the module doc) unless this Ray lacks the task-start hook."""
     global _task_error
     _task_error = None
     if not _auto or _start_error is not None:
         return
-    options = _options()
-    from .apply import BindError
-    from .binding import process_binder
     try:
-        process_binder().bind(options, _assigned_gpu_ids(), pooled=_pooled())
-    except BindError as exc:
-        _task_error = exc
+        from .binding import process_binder
+        process_binder().bind(_options(), _assigned_gpu_ids(), pooled=_pooled())
     except Exception as exc:  # never break a user's task over binding
-        if options.strict:
-            _task_error = BindError(f"numa_bind (strict): {type(exc).__name__}: {exc}")
+        apply = sys.modules.get(f"{__package__}.apply")   # loaded if binding imported
+        if apply is not None and isinstance(exc, apply.BindError):   # strict's reason
+            _task_error = exc
+        elif json.loads(_spec or "{}").get("strict"):
+            _task_error = RuntimeError(f"numa_bind (strict): {type(exc).__name__}: {exc}")
         else:
             environment.warn_once(
                 f"not binding: {type(exc).__name__}: {exc}; running unbound")
