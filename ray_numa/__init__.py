@@ -7,14 +7,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from .binding import Binding, current_binding
-from .options import BindOptions, OptionsError, parse as parse_options
 
 __version__ = "0.1.0"
 
 __all__ = ["Binding", "BindOptions", "OptionsError", "current_binding",
            "parse_options", "register", "plugin_env", "bind_current_process",
            "check_cluster"]
+
+
+_LAZY = {"Binding": "binding", "current_binding": "binding", "BindOptions": "options",
+         "OptionsError": "options", "parse_options": "options"}
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: the worker bootstrap imports this package before every Ray
+    # worker starts, and only the worker's own case should pay for its imports.
+    if name in _LAZY:
+        import importlib
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, "parse" if name == "parse_options" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(environ: Any = None) -> None:

@@ -90,7 +90,7 @@ class Applied:
 
 def _ladder(memory: str) -> Tuple[str, ...]:
     return {"bind": ("bind", "preferred"), "preferred": ("preferred",),
-            "interleave": ("interleave", "preferred")}.get(memory, ())
+            "interleave": ("interleave", "preferred"), "local": ("local",)}.get(memory, ())
 
 
 def _home(plan: Plan) -> Tuple[int, ...]:
@@ -102,6 +102,8 @@ def _home(plan: Plan) -> Tuple[int, ...]:
 def _attempts(plan: Plan, memory: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
     """(kernel mode, nodes) for one rung: "preferred" over several nodes is
     MPOL_PREFERRED_MANY (kernel 5.15+), then MPOL_PREFERRED on the GPU's own node."""
+    if memory == "local":
+        return (("local", ()),)
     if memory != "preferred":
         return ((memory, plan.mem_nodes),)
     if len(plan.mem_nodes) > 1:
@@ -143,8 +145,9 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
         notes.append(SYS_NICE_FIX + f"; memory policy is '{memory}' instead of "
                      f"'{plan.memory}'")
     migrated = False
-    if migrate and memory in ("bind", "preferred"):
-        others = sorted(set(all_nodes) - set(nodes))
+    if migrate and memory in ("bind", "preferred", "local"):
+        # "local" names no nodes: pages go to the GPU's own node, like "preferred"
+        others = sorted(set(all_nodes) - set(nodes or _home(plan)))
         if others:
             try:
                 backend.migrate(others, nodes if memory == "bind" else _home(plan))

@@ -51,6 +51,26 @@ _NUMACTL_MEMORY = {"--membind": "bind", "--preferred": "preferred",
 
 UNBOUND = Binding(status="unbound", reason="ray_numa has not bound this process")
 
+#: Why a pooled task worker gets "local" instead of the memory policy asked for.
+POOLED_NOTE = ("pooled task worker: memory policy 'local' (allocate on the node of the CPU "
+               "that runs the thread) instead of '{memory}', because a memory policy is "
+               "per thread and threads started while bound would keep the old node's "
+               "after a rebind; CPU affinity, which moves every thread, steers memory")
+
+
+def for_pooled_worker(plan: Plan) -> Plan:
+    """The plan for a worker Ray may reuse for a task with other GPUs.
+
+    ``set_mempolicy`` changes only the calling thread, and no syscall changes another
+    thread's policy, so a rebind cannot reach threads a previous task started with a
+    strict policy. With "local" every thread allocates where it runs, and the
+    affinity, which :func:`apply_plan` sets on every thread, decides where that is.
+    """
+    if plan.memory == "none":
+        return plan
+    return dataclasses.replace(plan, memory="local",
+                               notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
+
 
 def _targets(gpu_ids: Sequence[str],
              topo: Topology) -> Tuple[List[Target], List[Optional[int]]]:
@@ -104,7 +124,7 @@ class Binder:
     def skip(self, skip: Skip, options: BindOptions, gpus: Tuple[str, ...] = (),
              gpu_rule: str = "") -> Binding:
         """Record (or, if strict, raise) that binding is not possible."""
-        if options.strict:
+        if options.strict and not skip.quiet:   # quiet: nothing to bind (no GPU)
             raise BindError(f"numa_bind (strict): {skip.message()}")
         if not skip.quiet:
             environment.warn_once(f"not binding: {skip.message()}; running unbound")
@@ -112,9 +132,10 @@ class Binder:
                                     gpu_rule=gpu_rule))
 
     def bind(self, options: BindOptions, gpu_ids: Sequence[str] = (),
-             gpu_rule: str = "") -> Binding:
+             gpu_rule: str = "", pooled: bool = False) -> Binding:
         """Bind this process for ``options`` (and the GPUs named, for "auto");
-        ``gpu_rule`` says which rule chose them (see :attr:`Binding.gpu_rule`)."""
+        ``gpu_rule`` says which rule chose them (see :attr:`Binding.gpu_rule`);
+        ``pooled``: a worker that may be rebound later (see :func:`for_pooled_worker`)."""
         gpus = tuple(str(g) for g in gpu_ids)
         if not options.enabled:
             return self._record(Binding(status="off", reason='numa_bind is "off"'))
@@ -129,6 +150,8 @@ class Binder:
             if self.binding.status == "bound":   # a pooled worker's previous task
                 self.unbind(decision.reason)
             return self.skip(decision, options, gpus, gpu_rule)
+        if pooled:
+            decision = for_pooled_worker(decision)
         try:
             applied = apply_plan(decision, self.backend, options.migrate,
                                  self.topology.nodes)
@@ -208,6 +231,8 @@ def current_binding() -> Binding:
     """What this process is bound to, and why; ``status == "unbound"`` if untouched."""
     if _binder is not None:
         return _binder.binding
+    if os.environ.get(environment.BOOT_ERROR_ENV):
+        return Binding(status="unbound", reason=os.environ[environment.BOOT_ERROR_ENV])
     if _requested_without_plugin():
         return Binding(status="unbound", reason=PLUGIN_MISSING)
     return UNBOUND

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional
 
 #: Points discovery at a fixture tree instead of this machine. The tree may hold
 #: ``sys/`` (sysfs: NUMA nodes, CPUs, PCI devices), ``proc/self/status`` (allowed CPUs
@@ -26,8 +27,25 @@ SPEC_ENV = "RAY_NUMA_SPEC"
 #: Set by the plugin for the worker: the numactl argv it prefixed (or, on a fixture,
 #: would have prefixed), JSON list; empty when the worker must bind in-process.
 PREFIX_ENV = "RAY_NUMA_NUMACTL_ARGV"
+#: Set by the worker bootstrap when ray_numa could not set the worker up (why, in
+#: words); ``current_binding()`` reports it. The bootstrap spells it too (stdlib only).
+BOOT_ERROR_ENV = "RAY_NUMA_BOOT_ERROR"
 
 _TRUE = {"1", "true", "yes", "on"}
+
+#: The Ray releases ray-numa is tested with (pyproject's range; README).
+SUPPORTED_RAY = "2.60"
+
+
+def ray_hook_missing(hook: str, effect: str) -> str:
+    """The message for a private Ray hook this Ray lacks: which hook, which Ray,
+    what the user loses, and which Ray versions ray-numa supports."""
+    try:
+        from ray._version import version
+    except Exception:
+        version = "(unknown version)"
+    return (f"Ray {version} has no {hook}, which ray-numa uses {effect}; "
+            f"ray-numa supports Ray {SUPPORTED_RAY}")
 
 
 def disabled(environ: Optional[Mapping[str, str]] = None) -> bool:
@@ -69,6 +87,19 @@ def proc_status_path() -> Optional[Path]:
     return Path("/proc/self/status")
 
 
+_held: Optional[List[logging.LogRecord]] = None   # see hold_log
+
+
+class _Handler(logging.StreamHandler):
+    """stderr, or the held records while :func:`hold_log` is in effect."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _held is not None:
+            _held.append(record)
+        else:
+            super().emit(record)
+
+
 def logger() -> logging.Logger:
     """The package logger, with a stderr handler so worker logs carry our lines."""
     log = logging.getLogger("ray_numa")
@@ -76,12 +107,35 @@ def logger() -> logging.Logger:
         level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
         log.setLevel(getattr(logging, level, logging.INFO))
         if not log.handlers:
-            handler = logging.StreamHandler()
+            handler = _Handler()
             handler.setFormatter(logging.Formatter("[ray_numa] %(levelname)s %(message)s"))
             log.addHandler(handler)
             log.propagate = False
         log._ray_numa_configured = True  # type: ignore[attr-defined]
     return log
+
+
+def hold_log() -> None:
+    """Hold log lines back until :func:`release_log`.
+
+    A Ray worker's stderr is the raylet's (``raylet.err``, shown on the driver as
+    ``(raylet)``) until Ray connects the worker and points it at ``worker-*.err``;
+    lines written before then would land in the wrong log.
+    """
+    global _held
+    if _held is None:
+        _held = []
+
+
+def release_log() -> None:
+    """Write the held lines to the current stderr, and every later line directly."""
+    global _held
+    held, _held = _held or [], None
+    for handler in logger().handlers:
+        if isinstance(handler, _Handler):
+            handler.setStream(sys.stderr)
+            for record in held:
+                handler.emit(record)
 
 
 _warned: set = set()

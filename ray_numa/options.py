@@ -18,7 +18,7 @@ DICT_KEYS = ("node", "cpus", "memory", "span", "strict", "migrate")
 
 VALID_FORMS = (
     'numa_bind accepts "auto" (the NUMA node of the GPU(s) Ray assigned), "off", '
-    "a NUMA node id (int >= 0), or a dict with any of: "
+    "null (unset: no binding), a NUMA node id (int 0-1023), or a dict with any of: "
     'node ("auto" | int | list of ints), '
     'cpus ("node" | "socket" | "exclusive" | "core-complex" | list of CPU ids), '
     'memory ("bind" | "preferred" | "interleave" | "none"), '
@@ -54,55 +54,99 @@ class BindOptions:
 
     @classmethod
     def from_json(cls, text: str) -> "BindOptions":
+        """Rebuild from :meth:`to_json`. Keys this version does not know (a newer
+        agent's) are ignored, so a version skew never stops a worker from starting."""
         raw = json.loads(text)
-        for key in ("node", "cpus"):
-            if isinstance(raw[key], list):
-                raw[key] = tuple(raw[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        raw = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in raw.items() if k in known}
         return cls(**raw)
 
 
+#: Largest ids accepted: node masks passed to the kernel hold 1024 nodes
+#: (``syscalls``); CPU ids are capped only to keep values printable and sane.
+MAX_NODE = 1023
+MAX_CPU = 65535
+
+
+def _show(value: Any) -> str:
+    """``repr`` for a message, whatever the value (a huge int's repr raises)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<a {type(value).__name__} too large to print>"
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 def _fail(value: Any, detail: str) -> OptionsError:
-    return OptionsError(f"invalid numa_bind value {value!r}: {detail}. {VALID_FORMS}")
+    return OptionsError(f"invalid numa_bind value {_show(value)}: {detail}. {VALID_FORMS}")
 
 
-def _int_list(value: Any, what: str, whole: Any) -> Tuple[int, ...]:
-    items = [value] if not isinstance(value, (list, tuple)) else list(value)
-    if not items or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                            for i in items):
-        raise _fail(whole, f"{what} must be a non-negative int or a non-empty list of them")
+def _as_int(value: Any) -> Any:
+    """An int, or a whole float as JSON Schema's "integer" counts it (1.0); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _int_list(value: Any, what: str, whole: Any, maximum: int) -> Tuple[int, ...]:
+    items = [_as_int(i) for i in (value if isinstance(value, (list, tuple)) else [value])]
+    if not items or not all(i is not None and 0 <= i <= maximum for i in items):
+        raise _fail(whole, f"{what} must be an int from 0 to {maximum} or a non-empty "
+                    "list of them")
     return tuple(sorted(set(items)))
 
 
 def _choice(value: Any, choices: Tuple[str, ...], what: str, whole: Any) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise _fail(whole, f"{what} must be one of {', '.join(choices)}")
     return value
 
 
 def parse(value: Any) -> BindOptions:
-    """Turn what the user wrote into :class:`BindOptions`, or raise OptionsError."""
+    """Turn what the user wrote into :class:`BindOptions`, or raise OptionsError.
+
+    Accepts exactly what ``schemas/numa_bind.json`` accepts (a property test checks
+    it). ``None`` means unset: no binding, as if the key were absent.
+    """
     if isinstance(value, BindOptions):
         return value
-    if value == "auto":
-        return BindOptions()
-    if value == "off":
+    try:
+        return _parse(value)
+    except OptionsError:
+        raise
+    except Exception as exc:   # a value no form anticipated: still a clear OptionsError
+        raise _fail(value, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _parse(value: Any) -> BindOptions:
+    if value is None:
         return BindOptions(enabled=False)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return BindOptions(node=_int_list(value, "node", value))
+    if isinstance(value, str) and value == "auto":
+        return BindOptions()
+    if isinstance(value, str) and value == "off":
+        return BindOptions(enabled=False)
+    if _as_int(value) is not None:
+        return BindOptions(node=_int_list(value, "node", value, MAX_NODE))
     if not isinstance(value, Mapping):
         raise _fail(value, "unrecognized form")
-    unknown = sorted(set(value) - set(DICT_KEYS))
+    unknown = sorted(_show(k) for k in value if not (isinstance(k, str) and k in DICT_KEYS))
     if unknown:
-        raise _fail(value, f"unknown key(s) {', '.join(map(str, unknown))}")
+        raise _fail(value, f"unknown key(s) {', '.join(unknown)}")
     node = value.get("node", "auto")
     cpus = value.get("cpus", "node")
     for flag in ("strict", "migrate"):
         if flag in value and not isinstance(value[flag], bool):
             raise _fail(value, f"{flag} must be true or false")
     return BindOptions(
-        node="auto" if node == "auto" else _int_list(node, "node", value),
+        node="auto" if isinstance(node, str) and node == "auto"
+        else _int_list(node, "node", value, MAX_NODE),
         cpus=(_choice(cpus, CPU_MODES, "cpus", value) if isinstance(cpus, str)
-              else _int_list(cpus, "cpus", value)),
+              else _int_list(cpus, "cpus", value, MAX_CPU)),
         memory=_choice(value.get("memory", "bind"), MEMORY_POLICIES, "memory", value),
         span=_choice(value.get("span", "union"), SPAN_POLICIES, "span", value),
         strict=value.get("strict", False),

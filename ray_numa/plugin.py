@@ -22,9 +22,15 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ray._private.runtime_env.plugin import RuntimeEnvPlugin
-
 from . import environment
+
+try:
+    from ray._private.runtime_env.plugin import RuntimeEnvPlugin
+except ImportError as _exc:   # pragma: no cover - another Ray
+    raise ImportError(environment.ray_hook_missing(
+        "ray._private.runtime_env.plugin.RuntimeEnvPlugin",
+        "as the base of its runtime-env plugin")) from _exc
+
 from .apply import BindError, numactl_argv, probe_numactl
 from .binding import plan_for
 from .options import BindOptions, parse
@@ -123,8 +129,13 @@ def register(environ=None) -> None:
     if ours["RAY_RUNTIME_ENV_PLUGIN_SCHEMAS"] not in schemas:
         schemas.append(ours["RAY_RUNTIME_ENV_PLUGIN_SCHEMAS"])
     environ["RAY_RUNTIME_ENV_PLUGIN_SCHEMAS"] = ",".join(schemas)
-    from ray._private.runtime_env.plugin_schema_manager import RuntimeEnvPluginSchemaManager
-    RuntimeEnvPluginSchemaManager.clear()   # reload with our schema on next validate
+    try:
+        from ray._private.runtime_env.plugin_schema_manager import (
+            RuntimeEnvPluginSchemaManager)
+        RuntimeEnvPluginSchemaManager.clear()   # reload with our schema on next validate
+    except (ImportError, AttributeError):
+        environment.logger().warning("%s", environment.ray_hook_missing(
+            "RuntimeEnvPluginSchemaManager.clear", "to load its schema in a running driver"))
     _install_driver_validation()
 
 
@@ -135,10 +146,17 @@ def _install_driver_validation() -> None:
     every task/actor runtime_env with ``RuntimeEnv(**d)``, whose ``dict.update``
     skips it; without this a bad value would only fail when the worker starts.
     """
+    import inspect
+
     from ray.runtime_env import RuntimeEnv
 
     original = RuntimeEnv.__init__
     if getattr(original, "_ray_numa_validates", False):
+        return
+    if "_validate" not in inspect.signature(original).parameters:
+        environment.logger().warning("%s", environment.ray_hook_missing(
+            "RuntimeEnv.__init__(_validate=...)", "to reject bad numa_bind values at "
+            ".remote(): they fail when the worker starts instead"))
         return
 
     @functools.wraps(original)

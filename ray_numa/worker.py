@@ -6,44 +6,65 @@ process exists, and announces them by calling
 normal task and on the actor-creation task, before the actor class is loaded and
 ``__init__`` runs). Wrapping that function is the earliest moment "auto" can bind.
 An explicit node is bound at interpreter start instead (numactl prefix or syscalls).
+
+A strict failure is *raised* later, from ``Worker.record_task_log_start``: Ray calls
+that inside ``execute_task``'s handling of task errors, so the failure becomes the
+task's or actor's own error (no retries, no restarts, no crashed worker), whereas an
+exception from ``set_visible_accelerator_ids`` escapes that handling and kills the
+worker as a system failure.
+
+This module is imported by the bootstrap before ``default_worker.py`` runs, so it
+imports only what every worker needs; binding, topology and GPU code load at the
+first GPU assignment.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Optional
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import environment
-from .apply import BindError
-from .binding import process_binder
-from .options import BindOptions
 
-_pending_error: Optional[BindError] = None
+if TYPE_CHECKING:
+    from .options import BindOptions
+
+#: Ray's private functions this module wraps: (module, owner attribute or "", name).
+ASSIGNMENT_HOOK = ("ray._private.utils", "", "set_visible_accelerator_ids")
+TASK_START_HOOK = ("ray._private.worker", "Worker", "record_task_log_start")
+
+_spec: Optional[str] = None                 # the plugin's RAY_NUMA_SPEC (JSON)
+_auto = False
+_start_error: Optional[Exception] = None    # explicit node: fails every task
+_task_error: Optional[Exception] = None     # this task's GPU assignment (strict)
+_raise_at_assignment = False                # no task-start hook in this Ray
 
 
-def _assigned_gpu_ids():
-    import ray
-    return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
-
-
-def on_assignment(options: BindOptions) -> None:
-    """Called after Ray set the visible accelerators for a task or actor."""
-    if _pending_error is not None:
-        raise _pending_error
-    if not options.auto:
+def install() -> None:
+    """Read the plugin's ``RAY_NUMA_SPEC``; bind an explicit node right away."""
+    global _spec, _auto
+    spec = os.environ.get(environment.SPEC_ENV)
+    if not spec:
         return
-    try:
-        process_binder().bind(options, _assigned_gpu_ids())
-    except BindError:
-        raise
-    except Exception as exc:  # never break a user's task over binding
-        if options.strict:
-            raise BindError(f"numa_bind (strict): {exc}") from exc
-        environment.warn_once(f"not binding: {type(exc).__name__}: {exc}; running unbound")
+    environment.hold_log()
+    _spec, _auto = spec, json.loads(spec).get("node") == "auto"
+    _options.cache_clear()
+    if not _auto:
+        _bind_at_start(_options())
 
 
-def _bind_at_start(options: BindOptions) -> None:
-    global _pending_error
+@functools.lru_cache(maxsize=None)
+def _options() -> "BindOptions":
+    """The options, built on first use (``options`` imports dataclasses)."""
+    from .options import BindOptions
+    return BindOptions.from_json(_spec or "{}")
+
+
+def _bind_at_start(options: "BindOptions") -> None:
+    global _start_error
+    from .apply import BindError
+    from .binding import process_binder
     argv = json.loads(os.environ.get(environment.PREFIX_ENV) or "[]")
     try:
         if argv:
@@ -51,27 +72,97 @@ def _bind_at_start(options: BindOptions) -> None:
         else:
             process_binder().bind(options)
     except BindError as exc:
-        # Raised at the first task instead, so it fails the actor with this message
-        # rather than killing a worker that Ray would only start again.
-        _pending_error = exc
+        _start_error = exc    # raised as the first task's error (see module doc)
 
 
-def install() -> None:
-    """Set up binding for this worker from the plugin's ``RAY_NUMA_SPEC``."""
-    spec = os.environ.get(environment.SPEC_ENV)
-    if not spec:
+def _wrap(hook: tuple, make: Callable[[Callable], Callable], effect: str) -> bool:
+    """Replace one of Ray's private functions with ``make(original)``; False and a
+    warning naming the Ray version if this Ray lacks it."""
+    module_name, owner_name, name = hook
+    owner: Any = sys.modules.get(module_name)
+    if owner is not None and owner_name:
+        owner = getattr(owner, owner_name, None)
+    original = getattr(owner, name, None) if owner is not None else None
+    if not callable(original):
+        where = ".".join(p for p in (module_name, owner_name, name) if p)
+        environment.logger().warning("%s", environment.ray_hook_missing(where, effect))
+        return False
+    wrapper = functools.wraps(original)(make(original))
+    setattr(owner, name, wrapper)
+    return True
+
+
+def hook_ray(ray_worker_module: Any = None) -> None:
+    """Wrap Ray's hooks; the bootstrap calls this right after ``ray._private.worker``
+    is imported (``ray._private.utils`` is loaded by then)."""
+    global _raise_at_assignment
+    if _spec is None:
         return
-    options = BindOptions.from_json(spec)
-    if not options.auto:
-        _bind_at_start(options)
-    import ray._private.utils as ray_utils
 
-    original = ray_utils.set_visible_accelerator_ids
+    def after_assignment(original: Callable) -> Callable:
+        def set_visible_accelerator_ids(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            on_assignment()
+            return result
+        return set_visible_accelerator_ids
 
-    def set_visible_accelerator_ids(*args, **kwargs):
-        result = original(*args, **kwargs)
-        on_assignment(options)
-        return result
+    def before_task(original: Callable) -> Callable:
+        def record_task_log_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise_pending()
+            return original(self, *args, **kwargs)
+        return record_task_log_start
 
-    set_visible_accelerator_ids.__wrapped__ = original  # type: ignore[attr-defined]
-    ray_utils.set_visible_accelerator_ids = set_visible_accelerator_ids
+    if _auto:
+        _wrap(ASSIGNMENT_HOOK, after_assignment,
+              "to bind 'auto' workers when GPUs are assigned: running unbound")
+    _raise_at_assignment = not _wrap(
+        TASK_START_HOOK, before_task, "to make a strict failure the task's own error: "
+        "it fails the worker instead (Ray may retry the task)")
+
+
+def log_ready() -> None:
+    """Ray has pointed stderr at this worker's log: write what was held back."""
+    environment.release_log()
+
+
+def _assigned_gpu_ids() -> list:
+    import ray
+    return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+
+def _pooled() -> bool:
+    """A normal-task worker, which Ray may reuse for a task with other GPUs."""
+    import ray
+    return ray.get_runtime_context().get_actor_id() is None
+
+
+def on_assignment() -> None:
+    """Called after Ray set the visible accelerators for a task or actor. Never
+    raises (see the module doc) unless this Ray lacks the task-start hook."""
+    global _task_error
+    _task_error = None
+    if not _auto or _start_error is not None:
+        return
+    try:
+        from .binding import process_binder
+        process_binder().bind(_options(), _assigned_gpu_ids(), pooled=_pooled())
+    except Exception as exc:  # never break a user's task over binding
+        apply = sys.modules.get(f"{__package__}.apply")   # loaded if binding imported
+        if apply is not None and isinstance(exc, apply.BindError):   # strict's reason
+            _task_error = exc
+        elif json.loads(_spec or "{}").get("strict"):
+            _task_error = RuntimeError(f"numa_bind (strict): {type(exc).__name__}: {exc}")
+        else:
+            environment.warn_once(
+                f"not binding: {type(exc).__name__}: {exc}; running unbound")
+    if _task_error is not None:
+        environment.logger().error("%s", _task_error)
+        if _raise_at_assignment:
+            raise _task_error
+
+
+def raise_pending() -> None:
+    """Raise this worker's strict failure inside Ray's task-error handling."""
+    error = _start_error or _task_error
+    if error is not None:
+        raise error

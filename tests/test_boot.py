@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ray_numa.plugin import BOOT_SCRIPT
 
 
@@ -11,7 +13,8 @@ def boot(tmp_path, env=None):
     script = tmp_path / "worker_main.py"
     script.write_text("import json, sys\n"
                       "print(json.dumps({'argv': sys.argv, 'path0': sys.path[0],"
-                      " 'name': __name__}))\n")
+                      " 'name': __name__, 'boot_error': __import__('os').environ.get("
+                      "'RAY_NUMA_BOOT_ERROR')}))\n")
     proc = subprocess.run([sys.executable, BOOT_SCRIPT, str(script), "--flag", "x y"],
                           capture_output=True, text=True, env=dict(os.environ, **(env or {})),
                           timeout=60)
@@ -22,16 +25,36 @@ def boot(tmp_path, env=None):
 def test_runs_the_worker_script_as_python_would(tmp_path):
     script, seen, _ = boot(tmp_path)
     assert seen == {"argv": [str(script), "--flag", "x y"], "path0": str(tmp_path),
-                    "name": "__main__"}
+                    "name": "__main__", "boot_error": None}
 
 
 def test_worker_without_ray_numa_starts_unbound_with_a_warning(tmp_path):
     shadow = tmp_path / "shadow" / "ray_numa"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('not installed in this env')\n")
-    _, seen, err = boot(tmp_path, env={"PYTHONPATH": str(shadow.parent)})
+    _, seen, err = boot(tmp_path, env={"PYTHONPATH": str(shadow.parent),
+                                       "RAY_NUMA_SPEC": '{"node": "auto"}'})
     assert seen["name"] == "__main__"
-    assert "ray_numa is not importable" in err and "Running unbound" in err
+    assert "ray_numa is not importable" in seen["boot_error"]
+    assert "not installed in this env" in seen["boot_error"]
+    assert "Running unbound" in seen["boot_error"]
+    assert err == ""   # written to the worker's log once Ray connects it, not here
+
+
+@pytest.mark.parametrize("spec,why", [
+    ("{not json", "JSONDecodeError"),
+    ('{"node": [7], "cpus": "node", "memory": "bind", "span": "union", "strict": true,'
+     ' "migrate": true, "enabled": true, "from_a_newer_agent": 1}', None),
+    ('{"node": "auto", "cpus": "node", "memory": "bind", "span": "union",'
+     ' "strict": true, "migrate": true, "enabled": true, "gpu_table": {"0": 1}}', None),
+])
+def test_any_setup_failure_or_unknown_spec_key_still_starts_the_worker(tmp_path, spec, why):
+    _, seen, err = boot(tmp_path, env={"RAY_NUMA_SPEC": spec, "RAY_NUMA_NUMACTL_ARGV": "[]"})
+    assert seen["name"] == "__main__" and err == ""
+    if why:
+        assert why in seen["boot_error"] and "Running unbound" in seen["boot_error"]
+    else:
+        assert seen["boot_error"] is None
 
 
 def test_probe_without_numactl_falls_back_to_in_process(monkeypatch):
@@ -41,3 +64,27 @@ def test_probe_without_numactl_falls_back_to_in_process(monkeypatch):
     plan = Plan(cpus=frozenset({0}), cpu_nodes=(0,), mem_nodes=(0,), memory="bind", reason="t")
     argv, memory, notes = probe_numactl(plan)
     assert argv is None and "numactl is not installed" in notes[0]
+
+
+@pytest.mark.parametrize("ray_imported_at_startup", [False, True])
+def test_ray_hooks_are_wrapped_when_default_worker_imports_ray(tmp_path,
+                                                               ray_imported_at_startup):
+    env = dict(os.environ, RAY_NUMA_SPEC='{"node": "auto"}')
+    if ray_imported_at_startup:     # e.g. by a sitecustomize, before the bootstrap runs
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text("import ray._private.worker\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
+    script = tmp_path / "worker_main.py"
+    script.write_text(
+        "import json, sys\n"
+        f"assert ('ray' in sys.modules) is {ray_imported_at_startup}   # boot imports none\n"
+        "import ray._private.worker as w, ray._private.utils as u\n"
+        "print(json.dumps({'assign': hasattr(u.set_visible_accelerator_ids, '__wrapped__'),"
+        " 'task_start': hasattr(w.Worker.record_task_log_start, '__wrapped__'),"
+        " 'connect': w.connect.__name__, 'loader': type(w.__loader__).__name__}))\n")
+    proc = subprocess.run([sys.executable, BOOT_SCRIPT, str(script)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "assign": True, "task_start": True, "connect": "connect_then_log",
+        "loader": "SourceFileLoader"}

@@ -23,10 +23,10 @@ def ray(machine_tree):
         yield ray
 
 
-def expected_calls(gpu: str):
+def expected_calls(gpu: str, memory: str = "bind"):
     node = 0 if int(gpu) < 4 else 1
     return [["sched_setaffinity", "all-threads", NODE_CPUS[node]],
-            ["set_mempolicy", "bind", str(node)],
+            ["set_mempolicy", memory, "" if memory == "local" else str(node)],
             ["migrate_pages", str(1 - node), str(node)]]
 
 
@@ -77,8 +77,13 @@ def test_pooled_task_worker_is_rebound_for_another_gpu(ray):
     assert n1 != n2
     assert first["binding"]["cpus"] == NODE_CPUS[n1]
     assert second["binding"]["cpus"] == NODE_CPUS[n2]
+    # memory policy is per thread: a pooled worker allocates "local" and lets the
+    # affinity (set on every thread) steer it, so a rebind reaches every thread
+    assert second["binding"]["memory"] == "local" and second["binding"]["mem_nodes"] == [n2]
+    assert any("pooled task worker" in n for n in second["binding"]["notes"])
     calls = [list(c) for c in second["binding"]["calls"]]
-    assert calls == expected_calls(first["gpu_ids"][0]) + expected_calls(second["gpu_ids"][0])
+    assert calls == (expected_calls(first["gpu_ids"][0], "local")
+                     + expected_calls(second["gpu_ids"][0], "local"))
     for h in holders:
         ray.kill(h)
 

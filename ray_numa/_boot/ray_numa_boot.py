@@ -1,13 +1,118 @@
 """Worker bootstrap: ``<python> ray_numa_boot.py default_worker.py <args>``.
 
 The ray-numa plugin puts this file between the worker's interpreter and Ray's
-``default_worker.py``. It only uses the standard library until ray_numa is imported,
-so a worker whose interpreter lacks ray_numa (a pip/uv/conda env without it) still
-starts, unbound, with a warning, instead of dying on an ImportError.
+``default_worker.py``. Three rules shape it:
+
+* It must never stop a worker from starting: anything ray_numa raises here (not only
+  ImportError: a broken install, a spec from a newer agent) is reported and the worker
+  runs unbound.
+* It must cost next to nothing: it imports no Ray. Ray's hooks are wrapped by a
+  post-import hook the moment ``default_worker.py`` itself imports
+  ``ray._private.worker``.
+* What it says must land in the worker's own log, not in ``raylet.err``: the worker's
+  stderr is the raylet's until ``ray._private.worker.connect()`` points it at
+  ``worker-*.err``, so messages are written after ``connect`` returns.
 """
 import os
 import runpy
 import sys
+
+#: Why ray_numa could not set up this worker; ``current_binding()`` reports it.
+BOOT_ERROR_ENV = "RAY_NUMA_BOOT_ERROR"
+RAY_WORKER_MODULE = "ray._private.worker"
+
+
+class AfterImport:
+    """Meta-path finder: run ``callback(module)`` right after ``name`` has executed.
+
+    It finds the module with the finders behind it and shadows that spec's loader's
+    ``exec_module`` once, so the module keeps its real loader and spec.
+    """
+
+    def __init__(self, name, callback):
+        self.name = name
+        self.callback = callback
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)          # once only, and not to find itself
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        original = getattr(loader, "exec_module", None)
+        if original is None:
+            return spec
+        callback = self.callback
+
+        def exec_module(module):
+            del loader.exec_module          # back to the class's method
+            original(module)
+            try:
+                callback(module)
+            except Exception as exc:    # never break the import it hooks
+                _say(f"ray_numa hook on {fullname} failed: {type(exc).__name__}: {exc}")
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _say(message):
+    sys.stderr.write(f"[ray_numa] WARNING {message}\n")
+
+
+def load_ray_numa():
+    """(ray_numa.worker or None, a message for the worker's log or None)."""
+    worker = None
+    try:
+        from ray_numa import worker
+        worker.install()
+        return worker, None
+    except Exception as exc:        # never stop the worker from starting
+        if worker is None:
+            why = (f"ray_numa is not importable by this worker's interpreter "
+                   f"({sys.executable}): {type(exc).__name__}: {exc}; install ray-numa "
+                   "into the worker's environment.")
+        else:
+            why = f"ray_numa failed to set up this worker: {type(exc).__name__}: {exc}."
+        message = f"{why} Running unbound."
+        os.environ[BOOT_ERROR_ENV] = message
+        return worker, message      # the worker, if imported, still releases its log
+
+
+def on_ray_worker_module(module, worker, message):
+    """Wrap Ray's hooks (via ray_numa) and ``connect``, to log once the log is Ray's."""
+    if worker is not None:
+        try:
+            worker.hook_ray(module)
+        except Exception as exc:    # never stop the worker from starting
+            message = f"ray_numa could not hook Ray: {type(exc).__name__}: {exc}"
+
+    def log_ready():
+        if message:
+            _say(message)
+        if worker is not None:
+            worker.log_ready()
+
+    connect = getattr(module, "connect", None)
+    if connect is None:
+        log_ready()
+        return
+
+    def connect_then_log(*args, **kwargs):
+        result = connect(*args, **kwargs)
+        try:
+            log_ready()
+        except Exception:
+            pass
+        return result
+
+    module.connect = connect_then_log
 
 
 def main():
@@ -15,15 +120,12 @@ def main():
     sys.argv = sys.argv[1:]
     # Look like `python default_worker.py`: its directory first on the path.
     sys.path[0] = os.path.dirname(os.path.abspath(script))
-    try:
-        from ray_numa import worker
-    except ImportError as exc:
-        sys.stderr.write(
-            "[ray_numa] WARNING ray_numa is not importable by this worker's "
-            f"interpreter ({sys.executable}): {exc}; install ray-numa into the "
-            "worker's environment. Running unbound.\n")
+    worker, message = load_ray_numa()
+    hook = lambda module: on_ray_worker_module(module, worker, message)  # noqa: E731
+    if RAY_WORKER_MODULE in sys.modules:    # imported early (sitecustomize, a .pth)
+        hook(sys.modules[RAY_WORKER_MODULE])
     else:
-        worker.install()
+        sys.meta_path.insert(0, AfterImport(RAY_WORKER_MODULE, hook))
     runpy.run_path(script, run_name="__main__")
 
 
