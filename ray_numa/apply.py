@@ -130,7 +130,8 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
     for rung, mode, wanted in _steps(plan):
         try:
             backend.set_mempolicy(mode, wanted)
-            memory, nodes = rung, tuple(wanted)
+            # "local" names no nodes: memory lands where the CPUs are, the plan's nodes
+            memory, nodes = rung, tuple(wanted) if mode != "local" else plan.mem_nodes
             break
         except OSError as exc:
             if mode == "preferred_many" and exc.errno == errno.EINVAL:
@@ -146,8 +147,7 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
                      f"'{plan.memory}'")
     migrated = False
     if migrate and memory in ("bind", "preferred", "local"):
-        # "local" names no nodes: pages go to the GPU's own node, like "preferred"
-        others = sorted(set(all_nodes) - set(nodes or _home(plan)))
+        others = sorted(set(all_nodes) - set(nodes))
         if others:
             try:
                 backend.migrate(others, nodes if memory == "bind" else _home(plan))

@@ -145,7 +145,8 @@ def on_assignment() -> None:
         return
     try:
         from .binding import process_binder
-        process_binder().bind(_options(), _assigned_gpu_ids(), pooled=_pooled())
+        process_binder().bind(_options(), _assigned_gpu_ids(), gpu_rule="assigned",
+                              pooled=_pooled())
     except Exception as exc:  # never break a user's task over binding
         apply = sys.modules.get(f"{__package__}.apply")   # loaded if binding imported
         if apply is not None and isinstance(exc, apply.BindError):   # strict's reason

@@ -73,7 +73,8 @@ def test_ray_hooks_are_wrapped_when_default_worker_imports_ray(tmp_path,
     if ray_imported_at_startup:     # e.g. by a sitecustomize, before the bootstrap runs
         (tmp_path / "site").mkdir()
         (tmp_path / "site" / "sitecustomize.py").write_text("import ray._private.worker\n")
-        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(tmp_path / "site"), env.get("PYTHONPATH")) if p)
     script = tmp_path / "worker_main.py"
     script.write_text(
         "import json, sys\n"
