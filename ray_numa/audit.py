@@ -28,9 +28,9 @@ from .locality import local_share, parse_numa_maps, resident_kb_by_node
 NO_PLUGIN = ("the ray-numa plugin is not enabled on this node, so numa_bind is ignored "
              "there; start Ray on it after: eval \"$(ray-numa env)\"")
 NOT_REQUESTED = "numa_bind is not in this worker's runtime_env"
-STATE_API_MISSING = ("Ray's state API is unavailable (needs ray[default] and the dashboard): "
-                     "GPU counts, jobs and actor names are known only for workers "
-                     "ray-numa recorded")
+STATE_API_MISSING = ("Ray's state API is unavailable ({}; it needs ray[default] and the "
+                     "dashboard): GPU counts, jobs and actor names are known only for "
+                     "workers ray-numa recorded")
 
 
 # ---- on the node: what one process really has ---------------------------------------
@@ -121,13 +121,25 @@ def examine(pid: int, plugin_here: bool) -> Dict[str, Any]:
 
 
 def _ray_workers() -> Dict[int, str]:
-    """``{pid: name}`` of this node's busy Ray workers (their ``ray::`` process titles)."""
+    """``{pid: name}`` of this raylet's busy workers (their ``ray::`` process titles).
+
+    Several raylets may share a machine (other clusters, ``cluster_utils`` nodes):
+    a worker belongs to the one whose pid Ray put in its ``RAY_RAYLET_PID``.
+    """
     import psutil
+    raylet = os.environ.get("RAY_RAYLET_PID")
     out = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         title = " ".join(proc.info["cmdline"] or [])
-        if title.startswith("ray::") and not title.startswith("ray::IDLE"):
-            out[proc.info["pid"]] = title[len("ray::"):].split(" ")[0]
+        if not title.startswith("ray::") or title.startswith("ray::IDLE"):
+            continue
+        try:
+            env = _environ(proc.info["pid"])
+        except OSError:
+            continue
+        if "RAY_JOB_ID" not in env or (raylet and env.get("RAY_RAYLET_PID") != raylet):
+            continue       # Ray's agents carry ray:: titles too, but run no job
+        out[proc.info["pid"]] = title[len("ray::"):].split(" ")[0]
     return out
 
 
@@ -156,16 +168,18 @@ def probe_node(known: Dict[int, Dict[str, Any]], node_id: str) -> Dict[str, Any]
 
 # ---- on the driver: list, probe each node, judge ------------------------------------
 
-def _state_api_workers() -> Optional[Dict[str, Dict[int, Dict[str, Any]]]]:
-    """``{node_id: {pid: {name, job, gpus}}}`` from Ray's state API; None without it."""
+def _state_api_workers(address: str) -> Tuple[Optional[Dict[str, Dict[int, Dict[str, Any]]]],
+                                              str]:
+    """``{node_id: {pid: {name, job, gpus}}}`` from Ray's state API (Ray's limit is
+    10000 rows per list), or None and why not."""
     try:
         from ray.util.state import list_actors, list_tasks
-        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=100000,
-                             raise_on_missing_output=False)
-        tasks = list_tasks(filters=[("state", "=", "RUNNING")], detail=True, limit=100000,
-                           raise_on_missing_output=False)
-    except Exception:     # ServerUnavailable, ImportError of ray[default] parts...
-        return None
+        common = dict(address=address, detail=True, limit=10000,
+                      raise_on_missing_output=False)
+        actors = list_actors(filters=[("state", "=", "ALIVE")], **common)
+        tasks = list_tasks(filters=[("state", "=", "RUNNING")], **common)
+    except Exception as exc:     # ServerUnavailable, ImportError of ray[default] parts...
+        return None, str(exc).split("\n")[0]
     out: Dict[str, Dict[int, Dict[str, Any]]] = {}
     for a in actors:
         if a.pid:
@@ -177,7 +191,7 @@ def _state_api_workers() -> Optional[Dict[str, Dict[int, Dict[str, Any]]]]:
             out.setdefault(t.node_id, {}).setdefault(t.worker_pid, {
                 "name": t.name, "job": t.job_id,
                 "gpus": (t.required_resources or {}).get("GPU", 0)})
-    return out
+    return out, ""
 
 
 def failures(row: Dict[str, Any], min_local: float) -> List[str]:
@@ -195,7 +209,7 @@ def run_audit(min_local: float = 0.0, timeout: float = 120) -> Dict[str, Any]:
     """Audit the cluster ``ray`` is connected to; ``ok`` is the gate's verdict."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    state = _state_api_workers()
+    state, why = _state_api_workers(ray.get_runtime_context().gcs_address)
     probe = ray.remote(num_cpus=0, max_retries=0)(probe_node)
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     refs = [probe.options(runtime_env={"numa_bind": "auto"},
@@ -205,7 +219,7 @@ def run_audit(min_local: float = 0.0, timeout: float = 120) -> Dict[str, Any]:
     for result in results:
         for row in result["rows"]:
             row["flags"] = failures(row, min_local)
-    notes = [] if state is not None else [STATE_API_MISSING]
+    notes = [] if state is not None else [STATE_API_MISSING.format(why)]
     ok = not any(row["flags"] for r in results for row in r["rows"])
     return {"ok": ok, "min_local": min_local, "notes": notes, "nodes": results}
 
