@@ -201,7 +201,7 @@ def failures(row: Dict[str, Any], min_local: float) -> List[str]:
     if row["binding"]["status"] == "unbound":
         return ["unbound GPU worker"]
     if row["local_pct"] is not None and row["local_pct"] < min_local:
-        return [f"local memory {row['local_pct']}% < {min_local}%"]
+        return [f"local memory {row['local_pct']:g}% < {min_local:g}%"]
     return []
 
 
@@ -249,6 +249,6 @@ def format_audit(report: Dict[str, Any], table: Any) -> str:
         out.append(table(rows, header) if rows else "  no busy Ray workers")
     bad = sum(bool(r["flags"]) for n in report["nodes"] for r in n["rows"])
     out.append(f"\n{'OK' if report['ok'] else 'FAIL'}: {bad} GPU worker(s) unbound or "
-               f"below {report['min_local']}% local memory")
+               f"below {report['min_local']:g}% local memory")
     return "\n".join(out)
 
