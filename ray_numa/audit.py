@@ -231,9 +231,9 @@ def _cells(row: Dict[str, Any]) -> List[Any]:
                          if b["status"] == "bound" else "")
     local = "-" if row["local_pct"] is None else f"{row['local_pct']:.1f}%"
     return [row["pid"], row["name"], row["job"] or "-",
-            "?" if row["gpus"] is None else row["gpus"], did,
+            "?" if row["gpus"] is None else f"{row['gpus']:g}", did,
             a.get("cpus_allowed", "?"), a.get("mempolicy", a.get("error", "?")), local,
-            "; ".join(row["flags"]) or ("" if b["status"] == "bound" else b["reason"])]
+            "; ".join(row["flags"] + ([] if b["status"] == "bound" else [b["reason"]]))]
 
 
 def format_audit(report: Dict[str, Any], table: Any) -> str:
