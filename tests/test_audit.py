@@ -7,10 +7,12 @@ to node 0 therefore measures 100 % local, one bound to node 1 measures 0 %: the 
 must report both as they are. A GPU actor without numa_bind must show as unbound.
 """
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 
@@ -19,7 +21,7 @@ import pytest
 from conftest import ray_cluster
 from ray_numa.audit import NOT_REQUESTED, memory_policies
 from tests.inspect_proc import inspect
-from tests.procs import ROOT
+from tests.procs import PRELUDE, ROOT, run_child
 
 pytestmark = pytest.mark.ray
 
@@ -39,7 +41,6 @@ def cluster(machine_tree):
 
 
 def audit(ray, *args):
-    import os
     address = ray.get_runtime_context().gcs_address
     proc = subprocess.run([sys.executable, "-m", "ray_numa.cli", "audit", "--address",
                            address, *args], capture_output=True, text=True, timeout=300,
@@ -148,3 +149,53 @@ def test_memory_policy_per_mapping_is_weighted_by_resident_size():
             "7f1000000000 bind:1 anon=1 dirty=1 N0=1 kernelpagesize_kB=2048\n"
             "7f2000000000 interleave:0-1\n")
     assert memory_policies(text) == {"default": 40, "bind:1": 2048 + 2048, "interleave:0-1": 0}
+
+
+def test_audit_reads_what_the_kernel_applied():
+    """On this machine's real kernel, an explicit-node worker is really bound: the audit
+    reads its affinity and its mappings' policy back from /proc."""
+    from ray_numa.audit import run_audit
+    with ray_cluster(num_gpus=0) as ray:
+        @ray.remote(num_cpus=0, runtime_env={"numa_bind": {"node": 0, "cpus": [1]}})
+        class Pinned:
+            def inspect(self):
+                self.buf = bytearray(32 << 20)
+                return inspect()
+
+        pinned = Pinned.remote()
+        truth = ray.get(pinned.inspect.remote(), timeout=300)
+        report = run_audit()
+        row = rows_by_pid(report)[truth["pid"]]
+    assert truth["binding"]["status"] == "bound" and truth["cpus_allowed"] == "1"
+    assert row["binding"]["status"] == "bound" and row["binding"]["cpus"] == "1"
+    assert row["actual"]["cpus_allowed"] == "1" and row["actual"]["mempolicy"] == "bind:0"
+    assert row["local_pct"] == 100.0 and row["gpus"] is None and row["flags"] == []
+    # no dashboard in this cluster: the audit says what it cannot know
+    assert report["ok"] and "state API is unavailable" in report["notes"][0]
+
+
+def test_a_published_binding_dies_with_its_process():
+    """Pids are reused: a record is only believed while its process's start time matches."""
+    from ray_numa import ledger
+    code = '''
+        import sys, time
+        from ray_numa import binding, ledger
+        ledger.publish(binding.Binding(status="bound", reason="test", cpus="0"))
+        print(os.getpid(), flush=True)
+        sys.stdin.readline()
+    '''
+    child = subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_NUMA_SPEC="{}"))
+    pid = int(child.stdout.readline())
+    assert ledger.read(pid)["reason"] == "test"
+    child.communicate("\n", timeout=60)
+    assert ledger.read(pid) is None
+    ledger.prune()
+    assert not (ledger.ledger_dir() / f"{pid}.json").exists()
+    # and a process the plugin did not start publishes nothing
+    quiet = run_child('''
+        from ray_numa import binding, ledger
+        ledger.publish(binding.Binding(status="bound", reason="x"))
+        print(os.getpid())''', env={"RAY_NUMA_SPEC": ""})
+    assert not (ledger.ledger_dir() / f"{quiet.stdout.split()[-1]}.json").exists()
