@@ -162,7 +162,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from . import register
     from .audit import format_audit, run_audit
     register()
-    ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
+    try:
+        ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
+    except ConnectionError as exc:     # none running, or several and no --address
+        print(f"ray-numa audit: cannot connect to Ray at {args.address}: {exc}",
+              file=sys.stderr)
+        return 2
     try:
         while True:
             report = run_audit(args.min_local)
