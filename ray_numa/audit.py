@@ -18,12 +18,11 @@ bind) is flagged with its reason but fails only on locality.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import environment, ledger
-from .locality import local_share, parse_numa_maps, resident_kb_by_node
+from .locality import local_share, parse_numa_maps
 
 NO_PLUGIN = ("the ray-numa plugin is not enabled on this node, so numa_bind is ignored "
              "there; start Ray on it after: eval \"$(ray-numa env)\"")
