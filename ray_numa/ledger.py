@@ -2,7 +2,7 @@
 
 What ray-numa decided lives in the worker's memory; the audit runs in another
 process (a probe task on the same node). So every worker that the plugin started
-writes its :class:`~ray_numa.binding.Binding` to ``<tmp>/ray-numa-bindings/<pid>.json``
+writes its :class:`~ray_numa.binding.Binding` to ``<tmp>/ray-numa-bindings-<uid>/<pid>.json``
 whenever it changes. Pids are reused, so each record carries the process start time
 (``/proc/<pid>/stat`` field 22) and a record whose start time no longer matches
 belongs to a dead process and is ignored (and pruned). Only processes that the plugin
@@ -20,8 +20,9 @@ from . import environment
 
 
 def ledger_dir() -> Path:
-    """Where this node's workers publish (per machine, shared by every Ray session)."""
-    return Path(tempfile.gettempdir()) / "ray-numa-bindings"
+    """Where this node's workers publish: per user (Ray runs a node's workers as the
+    raylet's user, and nobody else may write there), shared by every Ray session."""
+    return Path(tempfile.gettempdir()) / f"ray-numa-bindings-{os.getuid()}"
 
 
 def start_time(pid: Union[int, str] = "self") -> Optional[str]:
@@ -41,7 +42,7 @@ def publish(binding: Any) -> None:
     record = {"pid": os.getpid(), "start_time": start_time(), "binding": binding.as_dict()}
     try:
         folder = ledger_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = folder / f".{os.getpid()}.tmp"
         tmp.write_text(json.dumps(record, default=str))
         os.replace(tmp, folder / f"{os.getpid()}.json")
