@@ -224,8 +224,7 @@ def parser() -> argparse.ArgumentParser:
                'eval "$(ray-numa env)" && ray start --head')
     env.set_defaults(func=cmd_env)
     res = _sub(sub, "resources", "GPU-per-NUMA-node resources for ray start",
-               "ray start --resources \"$(ray-numa resources)\" "
-               "--labels \"$(ray-numa resources --labels)\"")
+               "ray start --head --resources \"$(ray-numa resources)\"")
     res.add_argument("--labels", action="store_true", help="print node labels instead")
     res.set_defaults(func=cmd_resources)
     aud = _sub(sub, "audit", "per Ray worker of a running cluster: what ray-numa did, what "
