@@ -167,14 +167,20 @@ def probe_node(known: Dict[int, Dict[str, Any]], node_id: str) -> Dict[str, Any]
 
 # ---- on the driver: list, probe each node, judge ------------------------------------
 
-def _state_api_workers(address: str) -> Tuple[Optional[Dict[str, Dict[int, Dict[str, Any]]]],
-                                              str]:
+def _state_api_workers(address: str, nodes: List[str]
+                       ) -> Tuple[Optional[Dict[str, Dict[int, Dict[str, Any]]]], str]:
     """``{node_id: {pid: {name, job, gpus}}}`` from Ray's state API (Ray's limit is
-    10000 rows per list), or None and why not."""
+    10000 rows per list), or None and why not.
+
+    A cluster without a dashboard makes the client fall back to 127.0.0.1:8265, which
+    may be *another* cluster's dashboard: its answer counts only if it knows our nodes.
+    """
     try:
-        from ray.util.state import list_actors, list_tasks
+        from ray.util.state import list_actors, list_nodes, list_tasks
         common = dict(address=address, detail=True, limit=10000,
                       raise_on_missing_output=False)
+        if not {n.node_id for n in list_nodes(**common)} & set(nodes):
+            return None, "the dashboard that answered serves another cluster"
         actors = list_actors(filters=[("state", "=", "ALIVE")], **common)
         tasks = list_tasks(filters=[("state", "=", "RUNNING")], **common)
     except Exception as exc:     # ServerUnavailable, ImportError of ray[default] parts...
@@ -208,9 +214,9 @@ def run_audit(min_local: float = 0.0, timeout: float = 120) -> Dict[str, Any]:
     """Audit the cluster ``ray`` is connected to; ``ok`` is the gate's verdict."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    state, why = _state_api_workers(ray.get_runtime_context().gcs_address)
-    probe = ray.remote(num_cpus=0, max_retries=0)(probe_node)
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    state, why = _state_api_workers(ray.get_runtime_context().gcs_address, nodes)
+    probe = ray.remote(num_cpus=0, max_retries=0)(probe_node)
     refs = [probe.options(runtime_env={"numa_bind": "auto"},
                           scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
             .remote((state or {}).get(n, {}), n) for n in nodes]
