@@ -32,6 +32,9 @@ def start_ray(args: argparse.Namespace, runtime_env=None):
     gpus = args.gpus
     if args.fixture:
         gpus = gpus or use_fixture(args.fixture)
+    print(f"=== {Path(sys.argv[0]).name}: " + (
+        f"on a {args.fixture} fixture machine (plans recorded, not applied) ==="
+        if args.fixture else "on this machine ==="), flush=True)
     ray_numa.register()        # before ray.init: enables the numa_bind plugin
     # workers import the repository's helpers (tests.standins, serve_config)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "examples"),

@@ -37,6 +37,6 @@ for info in ray.get([m.where.remote() for m in models]):
 try:
     Model.options(runtime_env={"numa_bind": "nearest"}).remote()
 except ray_numa.OptionsError as exc:
-    print(f"bad value rejected at .remote(): {str(exc)[:70]}...")
+    print(f"bad value rejected at .remote(): {exc}")
 ray.shutdown()
 sys.exit(0 if models else 1)

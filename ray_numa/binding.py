@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import environment
+from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
 from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
 from .options import BindOptions
@@ -119,6 +119,7 @@ class Binder:
     def _record(self, binding: Binding) -> Binding:
         calls = tuple(getattr(self.backend, "calls", ()))
         self.binding = dataclasses.replace(binding, calls=calls)
+        ledger.publish(self.binding)      # for `ray-numa audit`, from another process
         return self.binding
 
     def skip(self, skip: Skip, options: BindOptions, gpus: Tuple[str, ...] = (),

@@ -30,7 +30,8 @@ def node_gpu_layout() -> Dict[str, Any]:
             continue                      # unknown proximity: nothing to publish
         known[(cpu_nodes_for(topo, node) or (node,))[0]] += 1
     resources = {f"numa_gpus_node{n}": float(c) for n, c in sorted(known.items())}
-    labels = {f"{LABEL_PREFIX}/numa-nodes": str(len(topo.nodes)),
+    real = [n for n in topo.nodes.values() if n.cpus or n.mem_kb]   # not GB200's empty ones
+    labels = {f"{LABEL_PREFIX}/numa-nodes": str(len(real)),
               f"{LABEL_PREFIX}/max-gpus-per-numa-node": str(max(known.values(), default=0))}
     labels.update({f"{LABEL_PREFIX}/node{n}-gpus": str(c) for n, c in sorted(known.items())})
     return {"resources": resources, "labels": labels}

@@ -43,7 +43,7 @@ def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
             "numactl": shutil.which("numactl") or "",
             "kill_switch": environment.disabled(),
             "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST"),
+            "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER"),   # None: FASTEST_FIRST
         },
     }
     order = os.environ.get("CUDA_DEVICE_ORDER")

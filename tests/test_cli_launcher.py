@@ -37,8 +37,8 @@ def test_exec_runs_the_command_bound(via):
     assert r["pid"] != os.getpid()
 
 
-def test_exec_without_binding_possible_still_runs_the_command_unless_strict():
-    proc = ray_numa("exec", "--node", "9", "--", *REPORT)
+def test_exec_best_effort_runs_the_command_unbound_unless_strict():
+    proc = ray_numa("exec", "--node", "9", "--best-effort", "--", *REPORT)
     assert "NUMA node 9 does not exist" in proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["mempolicy"] == ["default", []]
     strict = ray_numa("exec", "--node", "9", "--strict", "--", "true", check=False)

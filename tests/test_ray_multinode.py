@@ -41,3 +41,26 @@ def test_a_node_without_the_plugin_is_named_not_silently_ignored(results):
     [r] = results["plain"]
     assert r["binding"]["status"] == "unbound"
     assert "plugin is not enabled on this node" in r["binding"]["reason"]
+
+
+def test_audit_shows_each_node_including_the_one_without_the_plugin(results):
+    from ray_numa.audit import NO_PLUGIN
+    audit = results["audit"]
+    by_node = {n["node"]: n for n in audit["nodes"]}
+    rows = {r["pid"]: r for n in audit["nodes"] for r in n["rows"]}
+    [plain_node] = results["plain_node"]
+    assert by_node[plain_node]["plugin"] is False and not audit["ok"]
+    assert [n for n, v in by_node.items() if not v["plugin"]] == [plain_node]
+    [plain] = results["plain"]
+    row = rows[plain["pid"]]
+    assert row["node"] == plain_node and row["gpus"] == 1
+    assert row["binding"] == {"status": "unbound", "reason": NO_PLUGIN}
+    assert row["flags"] == ["unbound GPU worker"]
+    for r in results["dgx"] + results["amd"]:
+        row = rows[r["pid"]]
+        assert row["binding"]["status"] == "bound" and row["node"] != plain_node
+        assert row["binding"]["mem_nodes"] == r["binding"]["mem_nodes"]
+        # recorded on a fixture, so the pages stay where this one-node host put them
+        local = 100.0 if r["binding"]["mem_nodes"] == [0] else 0.0
+        assert row["local_pct"] == local
+        assert row["flags"] == ([] if local else ["local memory 0% < 50%"])

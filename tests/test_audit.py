@@ -1,0 +1,178 @@
+"""``ray-numa audit`` against a real local Ray cluster, and the Ray metrics it records.
+
+The cluster sees the "mixed" fixture machine (3 fake GPUs: one on node 0, one on
+node 1, one the firmware does not place), so bindings there are recorded rather
+than applied, while numa_maps are this host's: all memory on node 0. A worker bound
+to node 0 therefore measures 100 % local, one bound to node 1 measures 0 %: the audit
+must report both as they are. A GPU actor without numa_bind must show as unbound.
+"""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ray_cluster
+from ray_numa.audit import NOT_REQUESTED, memory_policies
+from tests.inspect_proc import inspect
+from tests.procs import PRELUDE, ROOT, run_child
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(machine_tree):
+    port = _free_port()
+    with ray_cluster(fixture_root=machine_tree("mixed"), num_gpus=3, include_dashboard=True,
+                     _metrics_export_port=port) as ray:
+        yield ray, port
+
+
+def audit(ray, *args):
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.run([sys.executable, "-m", "ray_numa.cli", "audit", "--address",
+                           address, *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    return proc
+
+
+def rows_by_pid(report):
+    return {r["pid"]: r for node in report["nodes"] for r in node["rows"]}
+
+
+def make_model(ray, **options):
+    @ray.remote(num_gpus=1, **options)
+    class Model:
+        def inspect(self):
+            self.buf = bytearray(64 << 20)     # resident memory worth measuring
+            return inspect(gpu_ids=[str(g) for g in ray.get_gpu_ids()])
+    return Model
+
+
+def expected_local(binding):
+    """This host has one node: memory bound for node 0 is all local, for node 1 none."""
+    if binding["status"] == "bound":
+        return 100.0 if binding["mem_nodes"] == [0] else 0.0
+    return None                 # skipped: the firmware does not place that GPU
+
+
+def test_audit_reports_bound_skipped_and_plain_workers_then_gates(cluster):
+    ray, port = cluster
+    plain = make_model(ray).remote()
+    auto = [make_model(ray, runtime_env={"numa_bind": "auto"}).remote() for _ in range(2)]
+    truth = ray.get([a.inspect.remote() for a in [plain, *auto]], timeout=300)
+
+    proc = audit(ray, "--json")
+    report = json.loads(proc.stdout)
+    rows = rows_by_pid(report)
+    assert proc.returncode == 1 and not report["ok"] and report["notes"] == []
+    [node] = report["nodes"]
+    assert node["plugin"] is True
+    p = rows[truth[0]["pid"]]
+    assert p["binding"] == {"status": "unbound", "reason": NOT_REQUESTED}
+    assert p["gpus"] == 1 and p["name"].endswith("Model") and p["flags"] == ["unbound GPU worker"]
+    for t in truth[1:]:
+        r = rows[t["pid"]]
+        assert r["binding"]["status"] == t["binding"]["status"]
+        assert r["binding"]["reason"] == t["binding"]["reason"]
+        assert r["binding"]["gpus"] == t["gpu_ids"] and r["gpus"] == 1
+        assert r["local_pct"] == expected_local(t["binding"])
+        assert r["actual"]["cpus_allowed"] == t["cpus_allowed"]     # recorded, not applied
+        assert r["actual"]["mempolicy"] == "default" and r["flags"] == []
+        assert r["job"] == p["job"] != ""
+
+    # the person's table: grouped by node, the unbound worker marked
+    table = audit(ray).stdout
+    assert f"node {node['node']} (plugin on)" in table
+    assert re.search(rf"^! {truth[0]['pid']}\s+\S*Model\s", table, re.M), table
+    assert "FAIL: 1 GPU worker(s)" in table
+
+    # every GPU now in a numa_bind actor: the gate turns on --min-local alone
+    ray.kill(plain)
+    auto.append(make_model(ray, runtime_env={"numa_bind": "auto"}).remote())
+    truth = truth[1:] + [ray.get(auto[-1].inspect.remote(), timeout=300)]
+    locals_ = [expected_local(t["binding"]) for t in truth]
+    assert 0.0 in locals_ and 100.0 in locals_       # GPUs on node 0 and node 1, bound
+    assert audit(ray, "--min-local", "0").returncode == 0
+    failing = audit(ray, "--json", "--min-local", "50")
+    assert failing.returncode == 1
+    flagged = [r["pid"] for r in rows_by_pid(json.loads(failing.stdout)).values() if r["flags"]]
+    assert flagged == [t["pid"] for t in truth if expected_local(t["binding"]) == 0.0]
+
+    # the probe recorded this node's gauges; Ray exports them with a "ray_" prefix
+    text = _scrape(port, 'ray_numa_gpu_workers{')
+    counts = {s: sum(t["binding"]["status"] == s for t in truth) for s in ("bound", "skipped")}
+    for status, count in {**counts, "unbound": 0, "off": 0}.items():
+        assert re.search(rf'^ray_numa_gpu_workers{{[^}}]*status="{status}"[^}}]*}} '
+                         rf'{count}\.0$', text, re.M), (status, text)
+    for t in truth:
+        want = expected_local(t["binding"])
+        if want is not None:
+            assert re.search(rf'^ray_numa_local_memory_percent{{[^}}]*pid="{t["pid"]}"'
+                             rf'[^}}]*}} {want}$', text, re.M), (t["pid"], text)
+    for a in auto:
+        ray.kill(a)
+
+
+def _scrape(port, needle, timeout=90):
+    """Ray's Prometheus endpoint on this node once it shows ``needle``."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                          timeout=10).read().decode()
+        except OSError:
+            text = ""
+        if needle in text and "ray_numa_local_memory_percent{" in text:
+            return text
+        assert time.time() < deadline, f"no {needle} in Ray's metrics after {timeout}s"
+        time.sleep(2)
+
+
+def test_memory_policy_per_mapping_is_weighted_by_resident_size():
+    # /proc/<pid>/numa_maps lines (kernel Documentation/filesystems/proc.rst format)
+    text = ("00400000 default file=/usr/bin/python3 mapped=10 N0=10 kernelpagesize_kB=4\n"
+            "7f0000000000 bind:1 anon=512 dirty=512 N1=512 kernelpagesize_kB=4\n"
+            "7f1000000000 bind:1 anon=1 dirty=1 N0=1 kernelpagesize_kB=2048\n"
+            "7f2000000000 interleave:0-1\n")
+    assert memory_policies(text) == {"default": 40, "bind:1": 2048 + 2048, "interleave:0-1": 0}
+
+
+def test_a_published_binding_dies_with_its_process():
+    """Pids are reused: a record is only believed while its process's start time matches."""
+    from ray_numa import ledger
+    code = '''
+        import sys, time
+        from ray_numa import binding, ledger
+        ledger.publish(binding.Binding(status="bound", reason="test", cpus="0"))
+        print(os.getpid(), flush=True)
+        sys.stdin.readline()
+    '''
+    child = subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_NUMA_SPEC="{}"))
+    pid = int(child.stdout.readline())
+    assert ledger.read(pid)["reason"] == "test"
+    child.communicate("\n", timeout=60)
+    assert ledger.read(pid) is None
+    ledger.prune()
+    assert not (ledger.ledger_dir() / f"{pid}.json").exists()
+    # and a process the plugin did not start publishes nothing
+    quiet = run_child('''
+        from ray_numa import binding, ledger
+        ledger.publish(binding.Binding(status="bound", reason="x"))
+        print(os.getpid())''', env={"RAY_NUMA_SPEC": ""})
+    assert not (ledger.ledger_dir() / f"{quiet.stdout.split()[-1]}.json").exists()
