@@ -64,6 +64,8 @@ def install() -> None:
     options = BindOptions.from_json(spec)
     if not options.auto:
         _bind_at_start(options)
+    else:   # bind at assignment, then follow the device torch selects (vLLM on Ray)
+        __import__("ray_numa.follow").follow.install()
     import ray._private.utils as ray_utils
 
     original = ray_utils.set_visible_accelerator_ids
