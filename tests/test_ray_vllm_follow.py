@@ -64,7 +64,8 @@ REVERSED = [7, 6, 5, 4, 3, 2, 1, 0]
 @pytest.mark.parametrize("bundles", [None, REVERSED], ids=["bundle order", "reversed"])
 def test_ray_executor_v2_workers_follow_set_device_index(ray, bundles):
     pg, workers, devices = vllm_ray_executor.start_workers_v2(8, bundle_indices=bundles)
-    reports = ray.get([w.inspect.remote() for w in workers], timeout=300)
+    with vllm_ray_executor.stopping(pg, workers):
+        reports = ray.get([w.inspect.remote() for w in workers], timeout=300)
     assert sorted(d for d in devices) == [f"cuda:{i}" for i in range(8)]
     moved = []
     for r, device in zip(reports, devices):
@@ -72,29 +73,28 @@ def test_ray_executor_v2_workers_follow_set_device_index(ray, bundles):
         moved.append(check_follows(r, device.split(":")[1]))
     # Ray gives bundles GPUs in bundle order, so reversed ranks drive the mirror GPU
     assert any(moved) == (bundles is not None), (devices, [r["gpu_ids"] for r in reports])
-    vllm_ray_executor.stop_workers(pg, workers)
 
 
 def test_ray_executor_v2_two_gpus_per_worker(ray):
     pg, workers, devices = vllm_ray_executor.start_workers_v2(4, per_worker_gpus=2)
-    reports = ray.get([w.inspect.remote() for w in workers], timeout=300)
+    with vllm_ray_executor.stopping(pg, workers):
+        reports = ray.get([w.inspect.remote() for w in workers], timeout=300)
     assert [len(r["gpu_ids"]) for r in reports] == [2] * 4
     moved = [check_follows(r, d.split(":")[1]) for r, d in zip(reports, devices)]
     # worker k holds two GPUs but drives sorted(all)[k]: those on node 1 drive node 0's
     assert sum(moved) == 2, (devices, [r["gpu_ids"] for r in reports])
-    vllm_ray_executor.stop_workers(pg, workers)
 
 
 def test_ray_distributed_executor_rewrites_visible_devices_and_is_followed(ray):
     pg, workers = vllm_ray_executor.start_workers(8, bundle_indices=REVERSED,
                                                   init_device=True)
-    reports = ray.get([w.inspect.remote() for w in workers], timeout=300)
+    with vllm_ray_executor.stopping(pg, workers):
+        reports = ray.get([w.inspect.remote() for w in workers], timeout=300)
     moved = []
     for local_rank, r in enumerate(reports):      # one node: rank == local rank
         assert r["cuda_visible_devices"] == "0,1,2,3,4,5,6,7"
         moved.append(check_follows(r, str(local_rank)))     # cuda:<local_rank>
     assert all(moved), [r["gpu_ids"] for r in reports]
-    vllm_ray_executor.stop_workers(pg, workers)
 
 
 class TrainWorker:
@@ -128,14 +128,14 @@ def ray_module():
 
 def test_ray_train_device_choice_keeps_the_assigned_gpu(ray):
     workers = [ray.remote(num_gpus=1, num_cpus=0)(TrainWorker).remote() for _ in range(4)]
-    ids = ray.get([w.gpu_ids.remote() for w in workers], timeout=300)
-    shared = ",".join(sorted(g for gpus in ids for g in gpus))
-    ray.get([w.share.remote(shared) for w in workers], timeout=60)
-    for r in ray.get([w.set_device.remote() for w in workers], timeout=120):
+    with vllm_ray_executor.stopping(None, workers):
+        ids = ray.get([w.gpu_ids.remote() for w in workers], timeout=300)
+        shared = ",".join(sorted(g for gpus in ids for g in gpus))
+        ray.get([w.share.remote(shared) for w in workers], timeout=60)
+        reports = ray.get([w.set_device.remote() for w in workers], timeout=120)
+    for r in reports:
         assert r["cuda_visible_devices"] == shared
         assert not check_follows(r, r["gpu_ids"][0])    # no rebind, no history
-    for w in workers:
-        ray.kill(w)
 
 
 class Predictor:
@@ -159,11 +159,9 @@ def test_gpu_actor_pool_keeps_the_assigned_gpu(ray):
     # actor pool of ``num_gpus=1`` actors; ray.util.ActorPool is the same shape.
     from ray.util import ActorPool
     actors = [ray.remote(num_gpus=1, num_cpus=0)(Predictor).remote() for _ in range(2)]
-    pool = ActorPool(actors)
-    reports = list(pool.map(lambda a, b: a.__call__.remote(b), range(6)))
+    with vllm_ray_executor.stopping(None, actors):
+        reports = list(ActorPool(actors).map(lambda a, b: a.__call__.remote(b), range(6)))
     assert sorted(r["batch"] for r in reports) == list(range(6))
     assert len({r["pid"] for r in reports}) == 2
     for r in reports:
         assert not check_follows(r, r["gpu_ids"][0])
-    for a in actors:
-        ray.kill(a)

@@ -28,6 +28,7 @@ of ``tests/standins/torchlib`` (put it on the workers' ``PYTHONPATH``).
 """
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -152,4 +153,14 @@ def start_workers_v2(world_size: int, bundle_indices: Optional[Sequence[int]] = 
 def stop_workers(pg, workers: List) -> None:
     for w in workers:
         ray.kill(w)
-    remove_placement_group(pg)
+    if pg is not None:
+        remove_placement_group(pg)
+
+
+@contextlib.contextmanager
+def stopping(pg, workers: List):
+    """Stop the workers (and free their GPUs) however the block ends."""
+    try:
+        yield
+    finally:
+        stop_workers(pg, workers)
