@@ -5,7 +5,9 @@ A real local Ray cluster with 8 fake GPUs seen as a DGX H100 (GPUs 0-3 on node 0
 stand-in (``tests/standins/torchlib``); each binding's recorded calls show the bind
 at assignment and, only where the driven GPU sits on the other node, one rebind.
 """
+import glob
 import os
+import time
 
 import pytest
 
@@ -58,6 +60,19 @@ def check_follows(report, driven: str) -> bool:
     return moved
 
 
+def rebind_lines(ray, pid: int):
+    """The worker's ``[ray_numa]`` rebind lines, from its own log files."""
+    pattern = os.path.join(ray._private.worker._global_node.get_logs_dir_path(),
+                           f"worker-*-{pid}.*")
+    for _ in range(20):                   # the log monitor flushes asynchronously
+        lines = [line.strip() for path in glob.glob(pattern)
+                 for line in open(path, errors="replace") if "rebound from" in line]
+        if lines:
+            return lines
+        time.sleep(0.5)
+    return []
+
+
 REVERSED = [7, 6, 5, 4, 3, 2, 1, 0]
 
 
@@ -71,6 +86,11 @@ def test_ray_executor_v2_workers_follow_set_device_index(ray, bundles):
     for r, device in zip(reports, devices):
         assert r["noset"] == "1" and r["cuda_visible_devices"] is None
         moved.append(check_follows(r, device.split(":")[1]))
+        if moved[-1]:
+            [line] = rebind_lines(ray, r["pid"])
+            assert "[ray_numa] INFO" in line and (
+                f"from GPU {r['gpu_ids'][0]} to GPU {device.split(':')[1]}, "
+                "the followed device" in line), line
     # Ray gives bundles GPUs in bundle order, so reversed ranks drive the mirror GPU
     assert any(moved) == (bundles is not None), (devices, [r["gpu_ids"] for r in reports])
 
