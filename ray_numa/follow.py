@@ -20,11 +20,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 from typing import Any, Callable, Dict, Optional
 
 from . import environment
 
 _WRAPPED = "_ray_numa_follows"
+_lock = threading.Lock()   # threads selecting at once extend one union, in turn
 
 
 def _selected(index_of: Callable[[], Optional[int]]) -> None:
@@ -36,7 +38,9 @@ def _selected(index_of: Callable[[], Optional[int]]) -> None:
         index = index_of()
         if index is None or index < 0:       # torch: a negative index is a no-op
             return
-        process_binder().follow(visible_entry(index, os.environ.get("CUDA_VISIBLE_DEVICES")))
+        entry = visible_entry(index, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        with _lock:
+            process_binder().follow(entry)
     except BindError:
         raise                                # strict: the task's own error
     except Exception as exc:

@@ -206,9 +206,9 @@ REAL_TORCH = _real_torch_python()
 
 @pytest.mark.skipif(REAL_TORCH is None, reason="the real torch is not installed")
 def test_real_torch_public_api_is_followed(machine_tree):
-    """The real torch's Python API, hooked on its real import. A CPU build has no
-    CUDA ``torch._C`` calls, so they are supplied (and only they); with a CUDA build
-    and GPUs present the hook is unchanged (RAY_NUMA_TORCH_PYTHON selects one)."""
+    """The real torch's Python API, hooked on its real import (RAY_NUMA_TORCH_PYTHON
+    names an interpreter that has it). Only the ``torch._C`` calls at the bottom are
+    supplied: a CPU build lacks them, and the fixture's 8 GPUs are not the host's."""
     env = {"RAY_NUMA_FIXTURE": str(machine_tree("dgx-h100")), "PYTHONPATH": str(ROOT)}
     code = textwrap.dedent('''
         from ray_numa import bind_current_process, current_binding
@@ -222,17 +222,17 @@ def test_real_torch_public_api_is_followed(machine_tree):
             ("accelerator.set_device_index", torch.accelerator.set_device_index),
             ("accelerator.set_device_idx", torch.accelerator.set_device_idx),
             ("accelerator.device_index", torch.accelerator.device_index.__enter__)]}
-        if not torch.cuda.is_available():       # CPU build: supply the C calls
-            current = [0]
-            def exchange(i):
-                prev, current[0] = current[0], (i if i >= 0 else current[0])
-                return prev
-            torch._C._cuda_setDevice = lambda i: exchange(i) and None
-            torch.cuda._exchange_device = torch.cuda._maybe_exchange_device = exchange
-            torch._C._accelerator_getAccelerator = lambda: torch.device("cuda")
-            torch._C._accelerator_setDeviceIndex = lambda i: exchange(i) and None
-            torch._C._accelerator_exchangeDevice = exchange
-            torch._C._accelerator_maybeExchangeDevice = exchange
+        # the C calls a CUDA build has (a CPU build lacks them)
+        current = [0]
+        def exchange(i):
+            prev, current[0] = current[0], (i if i >= 0 else current[0])
+            return prev
+        torch._C._cuda_setDevice = lambda i: exchange(i) and None
+        torch.cuda._exchange_device = torch.cuda._maybe_exchange_device = exchange
+        torch._C._accelerator_getAccelerator = lambda: torch.device("cuda")
+        torch._C._accelerator_setDeviceIndex = lambda i: exchange(i) and None
+        torch._C._accelerator_exchangeDevice = exchange
+        torch._C._accelerator_maybeExchangeDevice = exchange
         seen = []
         for select in (lambda: torch.cuda.set_device("cuda:3"),
                        lambda: torch.accelerator.set_device_index(torch.device("cuda:6")),
