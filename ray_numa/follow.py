@@ -24,6 +24,9 @@ import threading
 from typing import Any, Callable, Dict, Optional
 
 from . import environment
+from .apply import BindError
+from .binding import process_binder
+from .gpus import visible_entry
 
 _WRAPPED = "_ray_numa_follows"
 _lock = threading.Lock()   # threads selecting at once extend one union, in turn
@@ -31,9 +34,6 @@ _lock = threading.Lock()   # threads selecting at once extend one union, in turn
 
 def _selected(index_of: Callable[[], Optional[int]]) -> None:
     """Called after torch accepted a device selection; never breaks the caller."""
-    from .apply import BindError
-    from .binding import process_binder
-    from .gpus import visible_entry
     try:
         index = index_of()
         if index is None or index < 0:       # torch: a negative index is a no-op
