@@ -188,8 +188,9 @@ class Binder:
             if options.strict:
                 raise BindError(f"numa_bind (strict): cannot follow GPU {gpu_id}: "
                                 f"{decision.message()}")
-            environment.warn_once(f"not following GPU {','.join(gpus)}: "
-                                  f"{decision.message()}; binding stays as it was")
+            if before.status == "bound" and not decision.quiet:   # else: said at bind
+                environment.warn_once(f"not following GPU {','.join(gpus)}: "
+                                      f"{decision.message()}; binding stays as it was")
             return before
         if (before.status == "bound" and before.cpus == format_cpulist(decision.cpus)
                 and before.mem_nodes == (decision.mem_nodes if before.memory != "none"

@@ -160,6 +160,23 @@ def test_explicit_node_is_never_followed(dgx):
     assert r["binding"]["cpu_nodes"] == [0] and r["binding"]["history"] == []
 
 
+def test_one_node_machine_warns_once_not_per_selection(tmp_path):
+    from tests.fixtures import nvml_only
+    env = {"RAY_NUMA_FIXTURE": str(nvml_only.write(tmp_path))}   # this kernel: 1 node
+    proc = run_child(with_torch('''
+        from ray_numa import bind_current_process, current_binding
+        import torch
+        bind_current_process(0)
+        torch.cuda.set_device(1)
+        with torch.accelerator.device_index(0):
+            pass
+        report(binding=current_binding().as_dict())
+    '''), env=dict(env, TORCH_STANDIN_DEVICES="3"))
+    b = json.loads(proc.stdout.strip().splitlines()[-1])["binding"]
+    assert b["status"] == "skipped" and "single NUMA node" in b["reason"]
+    assert len([line for line in proc.stderr.splitlines() if "WARNING" in line]) == 1
+
+
 @pytest.mark.skipif(shutil.which("numactl") is None, reason="inspect uses numactl")
 def test_rebind_on_the_real_kernel_moves_every_thread(machine_tree):
     """This machine's two CPUs as two nodes (fixture sysfs/NVML), real syscalls."""
