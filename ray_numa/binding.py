@@ -108,9 +108,9 @@ class Binder:
         return self._record(Binding(status="skipped", reason=skip.message(), gpus=gpus))
 
     def bind(self, options: BindOptions, gpu_ids: Sequence[str] = (),
-             rule: str = "assigned") -> Binding:
-        """Bind this process for ``options`` (and the GPUs named, for "auto", chosen
-        by ``rule``: see :attr:`Binding.gpu_rule`)."""
+             gpu_rule: str = "") -> Binding:
+        """Bind this process for ``options`` (and the GPUs named, for "auto");
+        ``gpu_rule`` says which rule chose them (see :attr:`Binding.gpu_rule`)."""
         gpus = tuple(str(g) for g in gpu_ids)
         if not options.enabled:
             return self._record(Binding(status="off", reason='numa_bind is "off"'))
@@ -134,7 +134,7 @@ class Binder:
         if options.strict and applied.memory != decision.memory:
             raise BindError(f"numa_bind (strict): {'; '.join(applied.notes)}")
         binding = self._bound(decision, applied.memory, self.backend.name, gpus,
-                              decision.notes + applied.notes, rule if gpus else "")
+                              decision.notes + applied.notes, gpu_rule=gpu_rule)
         for note in applied.notes:
             environment.warn_once(note)
         return binding
@@ -152,15 +152,15 @@ class Binder:
         return self._bound(decision, memory, "numactl", (), decision.notes)
 
     def _bound(self, plan: Plan, memory: str, backend: str, gpus: Tuple[str, ...],
-               notes: Tuple[str, ...], rule: str = "",
+               notes: Tuple[str, ...], gpu_rule: str = "",
                history: Tuple[Dict[str, Any], ...] = ()) -> Binding:
         binding = self._record(Binding(
             status="bound", reason=plan.reason, cpus=format_cpulist(plan.cpus),
             cpu_nodes=plan.cpu_nodes, mem_nodes=plan.mem_nodes if memory != "none" else (),
-            memory=memory, gpus=gpus, gpu_rule=rule, history=history, backend=backend,
+            memory=memory, gpus=gpus, gpu_rule=gpu_rule, history=history, backend=backend,
             notes=notes))
         verb = (f"rebound from GPU {','.join(history[-1]['gpus']) or '-'} to GPU "
-                f"{','.join(gpus)}, the {rule}" if history else "bound")
+                f"{','.join(gpus)}, the {gpu_rule}" if history else "bound")
         environment.logger().info(
             "pid %d %s: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), verb, plan.reason,
             binding.cpus, memory, f" {format_cpulist(binding.mem_nodes)}"
@@ -195,9 +195,8 @@ class Binder:
         if (before.status == "bound" and before.cpus == format_cpulist(decision.cpus)
                 and before.mem_nodes == (decision.mem_nodes if before.memory != "none"
                                          else ())):
-            self.binding = dataclasses.replace(before, gpus=gpus, history=history,
-                                               gpu_rule="followed device")
-            return self.binding            # same node: no syscalls, no rebind
+            return self._record(dataclasses.replace(   # same node: no syscalls
+                before, gpus=gpus, history=history, gpu_rule="followed device"))
         try:
             applied = apply_plan(decision, self.backend, options.migrate,
                                  self.topology.nodes)
@@ -208,7 +207,8 @@ class Binder:
         for note in applied.notes:
             environment.warn_once(note)
         return self._bound(decision, applied.memory, self.backend.name, gpus,
-                           decision.notes + applied.notes, "followed device", history)
+                           decision.notes + applied.notes, gpu_rule="followed device",
+                           history=history)
 
     def unbind(self, reason: str) -> Binding:
         reset(self.backend, self.allowed.cpus)

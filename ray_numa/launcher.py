@@ -65,7 +65,7 @@ def bind_current_process(gpu: Union[str, int] = "auto", *, node: Optional[int] =
         entry = visible_entry(logical, os.environ.get("CUDA_VISIBLE_DEVICES"))
     except GpuResolutionError as exc:
         return process_binder().skip(Skip(str(exc)), opts)
-    binding = process_binder().bind(opts, [entry], "local rank" if gpu == "auto"
+    binding = process_binder().bind(opts, [entry], gpu_rule="local rank" if gpu == "auto"
                                     else "device index")
     from .follow import install as follow_selected_device
     follow_selected_device()     # rebind if torch then selects a device on another node

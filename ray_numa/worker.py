@@ -33,7 +33,7 @@ def on_assignment(options: BindOptions) -> None:
     if not options.auto:
         return
     try:
-        process_binder().bind(options, _assigned_gpu_ids())
+        process_binder().bind(options, _assigned_gpu_ids(), gpu_rule="assigned")
     except BindError:
         raise
     except Exception as exc:  # never break a user's task over binding
