@@ -115,6 +115,8 @@ class Binder:
         self.allowed = process_allowed(self.topology)   # before any binding
         self.binding = UNBOUND
         self._gpu_key: Optional[Tuple[str, ...]] = None
+        self._options: Optional[BindOptions] = None   # of the last bind, for follow()
+        self._followed: Tuple[str, ...] = ()          # devices selected since then
 
     def _record(self, binding: Binding) -> Binding:
         calls = tuple(getattr(self.backend, "calls", ()))
@@ -147,6 +149,7 @@ class Binder:
             return self.binding            # same GPUs as the last task: nothing to do
         decision = plan_for(options, gpus, self.topology, self.allowed)
         self._gpu_key = gpus if options.auto else None
+        self._options, self._followed = options, ()
         if isinstance(decision, Skip):
             if self.binding.status == "bound":   # a pooled worker's previous task
                 self.unbind(decision.reason)
@@ -182,18 +185,64 @@ class Binder:
         return self._bound(decision, memory, "numactl", (), decision.notes, nodes)
 
     def _bound(self, plan: Plan, memory: str, backend: str, gpus: Tuple[str, ...],
-               notes: Tuple[str, ...], mem_nodes: Tuple[int, ...],
-               gpu_rule: str = "") -> Binding:
+               notes: Tuple[str, ...], mem_nodes: Tuple[int, ...], gpu_rule: str = "",
+               history: Tuple[Dict[str, Any], ...] = ()) -> Binding:
         """Record what was applied: ``memory``/``mem_nodes`` as they took effect."""
         binding = self._record(Binding(
             status="bound", reason=plan.reason, cpus=format_cpulist(plan.cpus),
             cpu_nodes=plan.cpu_nodes, mem_nodes=mem_nodes if memory != "none" else (),
-            memory=memory, gpus=gpus, gpu_rule=gpu_rule, backend=backend, notes=notes))
+            memory=memory, gpus=gpus, gpu_rule=gpu_rule, history=history, backend=backend,
+            notes=notes))
+        verb = (f"rebound from GPU {','.join(history[-1]['gpus']) or '-'} to GPU "
+                f"{','.join(gpus)}, the {gpu_rule}" if history else "bound")
         environment.logger().info(
-            "pid %d bound: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), plan.reason,
+            "pid %d %s: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), verb, plan.reason,
             binding.cpus, memory, f" {format_cpulist(binding.mem_nodes)}"
             if binding.mem_nodes else "", backend)
         return binding
+
+    def follow(self, gpu_id: str) -> Binding:
+        """The process selected CUDA device ``gpu_id`` (the node's id for it): bind for
+        the union of the devices it selected since the last bind, as ``span`` says.
+
+        Rebinds (every thread's affinity, the memory policy, pages migrated) only when
+        that changes the CPUs or memory nodes, i.e. for ``cpus="node"`` only when the
+        node changes; the earlier binding goes into ``history`` either way.
+        """
+        options = self._options
+        if options is None or not options.auto or gpu_id in self._followed:
+            return self.binding
+        self._followed += (gpu_id,)
+        before, gpus = self.binding, self._followed
+        if gpus == before.gpus:
+            return before                  # drives what it was bound for: nothing to do
+        decision = plan_for(options, gpus, self.topology, self.allowed)
+        history = before.history + (dataclasses.replace(before, history=()).as_dict(),)
+        if isinstance(decision, Skip):
+            if options.strict:
+                raise BindError(f"numa_bind (strict): cannot follow GPU {gpu_id}: "
+                                f"{decision.message()}")
+            if before.status == "bound" and not decision.quiet:   # else: said at bind
+                environment.warn_once(f"not following GPU {','.join(gpus)}: "
+                                      f"{decision.message()}; binding stays as it was")
+            return before
+        if (before.status == "bound" and before.cpus == format_cpulist(decision.cpus)
+                and before.mem_nodes == (decision.mem_nodes if before.memory != "none"
+                                         else ())):
+            return self._record(dataclasses.replace(   # same node: no syscalls
+                before, gpus=gpus, history=history, gpu_rule="followed device"))
+        try:
+            applied = apply_plan(decision, self.backend, options.migrate,
+                                 self.topology.nodes)
+        except OSError as exc:
+            environment.warn_once(f"not following GPU {gpu_id}: the kernel refused "
+                                  f"the binding: {exc}")
+            return before
+        for note in applied.notes:
+            environment.warn_once(note)
+        return self._bound(decision, applied.memory, self.backend.name, gpus,
+                           decision.notes + applied.notes, applied.mem_nodes,
+                           gpu_rule="followed device", history=history)
 
     def unbind(self, reason: str) -> Binding:
         reset(self.backend, self.allowed.cpus)

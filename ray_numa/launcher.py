@@ -66,11 +66,15 @@ def bind_current_process(gpu: Union[str, int] = "auto", *, node: Optional[int] =
     if gpu == "auto" and entries is not None and len(entries) == 1:
         # Slurm --gpus-per-task=1 / one GPU per process: cuda:0 is that GPU,
         # whatever the local rank says (SLURM_LOCALID=5 CUDA_VISIBLE_DEVICES=5)
-        return process_binder().bind(opts, entries, gpu_rule="only visible GPU")
-    rule = "local rank" if gpu == "auto" else "device index"
-    logical = local_rank() if gpu == "auto" else int(gpu)
-    try:
-        entry = visible_entry(logical, visible)
-    except GpuResolutionError as exc:
-        return process_binder().skip(Skip(str(exc)), opts, gpu_rule=rule)
-    return process_binder().bind(opts, [entry], gpu_rule=rule)
+        binding = process_binder().bind(opts, entries, gpu_rule="only visible GPU")
+    else:
+        rule = "local rank" if gpu == "auto" else "device index"
+        logical = local_rank() if gpu == "auto" else int(gpu)
+        try:
+            entry = visible_entry(logical, visible)
+        except GpuResolutionError as exc:
+            return process_binder().skip(Skip(str(exc)), opts, gpu_rule=rule)
+        binding = process_binder().bind(opts, [entry], gpu_rule=rule)
+    from .follow import install as follow_selected_device
+    follow_selected_device()     # rebind if torch then selects a device on another node
+    return binding

@@ -52,6 +52,9 @@ def install() -> None:
     _options.cache_clear()
     if not _auto:
         _bind_at_start(_options())
+    else:   # bind at assignment, then follow the device torch selects (vLLM on Ray)
+        from .follow import install as follow_selected_device
+        follow_selected_device()
 
 
 @functools.lru_cache(maxsize=None)
