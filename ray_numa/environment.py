@@ -26,6 +26,12 @@ SPEC_ENV = "RAY_NUMA_SPEC"
 #: Set by the plugin for the worker: the numactl argv it prefixed (or, on a fixture,
 #: would have prefixed), JSON list; empty when the worker must bind in-process.
 PREFIX_ENV = "RAY_NUMA_NUMACTL_ARGV"
+#: Set by the plugin for "auto" workers: the node's GPU table (JSON) that the
+#: runtime-env agent resolved once, so the worker needs no NVML (ray_numa/gpu_table.py).
+GPU_TABLE_ENV = "RAY_NUMA_GPU_TABLE"
+#: Tests and benchmarks: a file the fake NVML appends ``<pid>`` to on every
+#: ``nvmlInit``, to count NVML initializations per process.
+FAKE_NVML_LOG_ENV = "RAY_NUMA_FAKE_NVML_LOG"
 
 _TRUE = {"1", "true", "yes", "on"}
 
