@@ -1,0 +1,84 @@
+"""Creation to first method call of a batch of actors, with and without numa_bind,
+on one real local Ray cluster.
+
+Every side of a comparison runs in every round, in an order that alternates between
+rounds, and each (round, side) gets its own ``env_vars`` value: a distinct
+runtime_env, so no side can reuse a worker another one started. The first call
+returns only the pid (no ray_numa import on either side); whether the actors are
+really bound is checked afterwards, outside the timed part.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    num_gpus: float
+    runtime_env: Mapping            # on top of the job's runtime_env
+    expect: str                     # current_binding().status every actor must report
+
+
+@dataclasses.dataclass
+class Timings:
+    seconds: Dict[str, List[float]]
+    pids: Dict[str, List[int]]
+
+    def median(self, side: str) -> float:
+        return statistics.median(self.seconds[side])
+
+    def ratio(self, side: str, base: str) -> float:
+        """Median of the per-round ratios: each round's pair shares the machine's load."""
+        return statistics.median(a / b for a, b in zip(self.seconds[side], self.seconds[base]))
+
+
+def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
+        num_gpus: int, job_runtime_env: Optional[Mapping] = None) -> Timings:
+    from conftest import ray_cluster
+
+    out = Timings({name: [] for name in sides}, {name: [] for name in sides})
+    with ray_cluster(fixture_root=fixture, num_gpus=num_gpus, num_cpus=2 * actors,
+                     job_runtime_env=job_runtime_env, log_to_driver=False) as ray:
+        @ray.remote
+        class Actor:
+            def pid(self) -> int:
+                import os
+                return os.getpid()
+
+            def status(self) -> str:
+                import ray_numa
+                return ray_numa.current_binding().status
+
+        warm = Actor.options(num_gpus=0).remote()   # the agent and raylet are up
+        ray.get(warm.pid.remote(), timeout=600)
+        ray.kill(warm)
+        names = list(sides)
+        for r in range(rounds):
+            for name in _order(names, r):
+                side = sides[name]
+                env = dict(side.runtime_env)
+                env["env_vars"] = {"BENCH_ROUND": f"{r}-{name}"}
+                t0 = time.perf_counter()
+                handles = [Actor.options(num_gpus=side.num_gpus, runtime_env=env).remote()
+                           for _ in range(actors)]
+                pids = ray.get([h.pid.remote() for h in handles], timeout=600)
+                out.seconds[name].append(time.perf_counter() - t0)
+                out.pids[name] += pids
+                statuses = set(ray.get([h.status.remote() for h in handles], timeout=600))
+                if statuses != {side.expect}:
+                    raise AssertionError(f"{name}: actors report {statuses}, "
+                                         f"expected {side.expect}")
+                for h in handles:
+                    ray.kill(h)
+                time.sleep(0.5)     # let the killed workers exit before the next side
+    return out
+
+
+def _order(names: Sequence[str], r: int) -> List[str]:
+    """Rotate the sides each round, so none is always first after a pause."""
+    k = r % len(names)
+    return list(names[k:]) + list(names[:k])
