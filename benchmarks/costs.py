@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from ray_numa import environment  # noqa: E402
 # What ray_numa_boot.py imports before it hands over to default_worker.py.
 BOOT_IMPORTS = "import os, runpy, sys; from ray_numa import worker"
 
@@ -50,7 +52,7 @@ def agent_table(fixture: Path) -> str:
     """The GPU table the runtime-env agent would hand a worker on ``fixture``."""
     code = "from ray_numa import gpu_table; print(gpu_table.for_agent())"
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                          text=True, env=_env({"RAY_NUMA_FIXTURE": str(fixture)})
+                          text=True, env=_env({environment.FIXTURE_ENV: str(fixture)})
                           ).stdout.strip()
 
 

@@ -6,6 +6,11 @@ rounds, and each (round, side) gets its own ``env_vars`` value: a distinct
 runtime_env, so no side can reuse a worker another one started. The first call
 returns only the pid (no ray_numa import on either side); whether the actors are
 really bound is checked afterwards, outside the timed part.
+
+Wall time on a shared 2-core machine swings by tens of percent with other load, so
+each worker also reports the CPU time its process used up to that first call
+(``time.process_time``): interpreter, Ray, the bootstrap and the bind, far less
+sensitive to what else runs on the machine.
 """
 from __future__ import annotations
 
@@ -25,29 +30,31 @@ class Side:
 
 @dataclasses.dataclass
 class Timings:
-    seconds: Dict[str, List[float]]
+    seconds: Dict[str, List[float]]     # per round: the batch's wall time
+    cpu: Dict[str, List[float]]         # per round: mean CPU seconds per worker
     pids: Dict[str, List[int]]
 
-    def median(self, side: str) -> float:
-        return statistics.median(self.seconds[side])
+    def median(self, side: str, cpu: bool = False) -> float:
+        return statistics.median((self.cpu if cpu else self.seconds)[side])
 
-    def ratio(self, side: str, base: str) -> float:
+    def ratio(self, side: str, base: str, cpu: bool = False) -> float:
         """Median of the per-round ratios: each round's pair shares the machine's load."""
-        return statistics.median(a / b for a, b in zip(self.seconds[side], self.seconds[base]))
+        data = self.cpu if cpu else self.seconds
+        return statistics.median(a / b for a, b in zip(data[side], data[base]))
 
 
 def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
         num_gpus: int, job_runtime_env: Optional[Mapping] = None) -> Timings:
     from conftest import ray_cluster
 
-    out = Timings({name: [] for name in sides}, {name: [] for name in sides})
+    out = Timings(*({name: [] for name in sides} for _ in range(3)))
     with ray_cluster(fixture_root=fixture, num_gpus=num_gpus, num_cpus=2 * actors,
                      job_runtime_env=job_runtime_env, log_to_driver=False) as ray:
         @ray.remote
         class Actor:
-            def pid(self) -> int:
+            def pid(self):
                 import os
-                return os.getpid()
+                return os.getpid(), time.process_time()
 
             def status(self) -> str:
                 import ray_numa
@@ -65,9 +72,10 @@ def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
                 t0 = time.perf_counter()
                 handles = [Actor.options(num_gpus=side.num_gpus, runtime_env=env).remote()
                            for _ in range(actors)]
-                pids = ray.get([h.pid.remote() for h in handles], timeout=600)
+                firsts = ray.get([h.pid.remote() for h in handles], timeout=600)
                 out.seconds[name].append(time.perf_counter() - t0)
-                out.pids[name] += pids
+                out.pids[name] += [pid for pid, _ in firsts]
+                out.cpu[name].append(statistics.mean(cpu for _, cpu in firsts))
                 statuses = set(ray.get([h.status.remote() for h in handles], timeout=600))
                 if statuses != {side.expect}:
                     raise AssertionError(f"{name}: actors report {statuses}, "
