@@ -86,10 +86,10 @@ def bench_start(dgx: Path, real: Path, actors: int, rounds: int) -> List[Row]:
     log = Path(tempfile.mkdtemp()) / "nvml-inits"
     os.environ[environment.FAKE_NVML_LOG_ENV] = str(log)
     # DGX: job-level "auto" (vLLM's case); "off" per actor is the without-side
-    sides = {"GPU auto": start.Side(1, {}, "bound"),
-             "GPU off": start.Side(1, {"numa_bind": "off"}, "unbound"),
-             "CPU auto": start.Side(0, {}, "skipped"),
-             "CPU off": start.Side(0, {"numa_bind": "off"}, "unbound")}
+    sides = {"GPU auto": start.Side(1, {}, wrapped=True, bound=True),
+             "GPU off": start.Side(1, {"numa_bind": "off"}, wrapped=False, bound=False),
+             "CPU auto": start.Side(0, {}, wrapped=True, bound=False),
+             "CPU off": start.Side(0, {"numa_bind": "off"}, wrapped=False, bound=False)}
     t = start.run(sides, actors, rounds, dgx, num_gpus=8,
                   job_runtime_env={"numa_bind": "auto"})
     for kind, limit in (("GPU", 1.02), ("CPU", 1.01)):
@@ -100,8 +100,8 @@ def bench_start(dgx: Path, real: Path, actors: int, rounds: int) -> List[Row]:
     rows += _nvml_rows(log, t.pids["GPU auto"], DGX)
     log.write_text("")
     opts = {"numa_bind": {"cpus": sorted(os.sched_getaffinity(0))}}
-    sides = {"bound": start.Side(2 / actors, opts, "bound"),
-             "without": start.Side(2 / actors, {}, "unbound")}
+    sides = {"bound": start.Side(2 / actors, opts, wrapped=True, bound=True),
+             "without": start.Side(2 / actors, {}, wrapped=False, bound=False)}
     t = start.run(sides, actors, rounds, real, num_gpus=2)
     rows += _start_rows(t, "bound", "without", f"{actors} GPU actors (fractional), "
                         "numa_bind via syscalls / without", HERE, 1.02)

@@ -25,7 +25,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 class Side:
     num_gpus: float
     runtime_env: Mapping            # on top of the job's runtime_env
-    expect: str                     # current_binding().status every actor must report
+    wrapped: bool                   # the plugin started the worker (RAY_NUMA_SPEC set)
+    bound: bool                     # current_binding().status == "bound"
 
 
 @dataclasses.dataclass
@@ -56,9 +57,12 @@ def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
                 import os
                 return os.getpid(), time.process_time()
 
-            def status(self) -> str:
+            def status(self):
+                import os
                 import ray_numa
-                return ray_numa.current_binding().status
+                from ray_numa.environment import SPEC_ENV
+                return bool(os.environ.get(SPEC_ENV)), \
+                    ray_numa.current_binding().status == "bound"
 
         warm = Actor.options(num_gpus=0).remote()   # the agent and raylet are up
         ray.get(warm.pid.remote(), timeout=600)
@@ -76,10 +80,9 @@ def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
                 out.seconds[name].append(time.perf_counter() - t0)
                 out.pids[name] += [pid for pid, _ in firsts]
                 out.cpu[name].append(statistics.mean(cpu for _, cpu in firsts))
-                statuses = set(ray.get([h.status.remote() for h in handles], timeout=600))
-                if statuses != {side.expect}:
-                    raise AssertionError(f"{name}: actors report {statuses}, "
-                                         f"expected {side.expect}")
+                seen = set(ray.get([h.status.remote() for h in handles], timeout=600))
+                if seen != {(side.wrapped, side.bound)}:
+                    raise AssertionError(f"{name}: actors report (wrapped, bound) {seen}")
                 for h in handles:
                     ray.kill(h)
                 time.sleep(0.5)     # let the killed workers exit before the next side
