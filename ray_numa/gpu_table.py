@@ -21,7 +21,7 @@ import os
 from typing import Any, Optional, Tuple
 
 from . import environment
-from .gpus import Gpu, GpuResolutionError, discover_gpus, resolve_visible, split_visible
+from .gpus import Gpu, GpuResolutionError, discover_gpus, resolve_visible
 
 VERSION = 1
 VIA_AGENT = " (resolved once per node by the runtime-env agent)"
@@ -81,8 +81,8 @@ def handed_over() -> Optional[Table]:
     gpus, source, fixture = decoded
     if fixture != _fixture():
         return None
-    entries = split_visible(os.environ.get("CUDA_VISIBLE_DEVICES")) or []
-    if not all(_names(e, gpus) for e in entries):
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ""
+    if not all(_names(e, gpus) for e in visible.split(",") if e.strip()):
         return None
     return gpus, source
 
