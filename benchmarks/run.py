@@ -114,8 +114,10 @@ def _start_rows(t: "start.Timings", side: str, base: str, what: str, where: str,
                 limit: float) -> List[Row]:
     wall, cpu = t.ratio(side, base), t.ratio(side, base, cpu=True)
     added = (t.median(side, cpu=True) - t.median(base, cpu=True)) * 1e3
+    spread = t.ratios(side, base)
     return [(f"{what}: creation to first call (wall)", where,
-             f"{t.median(side):.2f} s / {t.median(base):.2f} s: {wall:.3f}",
+             f"{t.median(side):.2f} s / {t.median(base):.2f} s: {wall:.3f} "
+             f"(rounds {min(spread):.2f} to {max(spread):.2f})",
              f"<= {limit}", _check(wall, limit)),
             ("  worker CPU time to first call", where,
              f"{t.median(side, cpu=True) * 1e3:.0f} ms / {t.median(base, cpu=True) * 1e3:.0f}"

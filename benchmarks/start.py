@@ -40,8 +40,11 @@ class Timings:
 
     def ratio(self, side: str, base: str, cpu: bool = False) -> float:
         """Median of the per-round ratios: each round's pair shares the machine's load."""
+        return statistics.median(self.ratios(side, base, cpu))
+
+    def ratios(self, side: str, base: str, cpu: bool = False) -> List[float]:
         data = self.cpu if cpu else self.seconds
-        return statistics.median(a / b for a, b in zip(data[side], data[base]))
+        return [a / b for a, b in zip(data[side], data[base])]
 
 
 def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
