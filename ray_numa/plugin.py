@@ -24,9 +24,10 @@ from typing import Dict, List, Optional
 
 from ray._private.runtime_env.plugin import RuntimeEnvPlugin
 
-from . import environment, gpu_table
+from . import environment
 from .apply import BindError, numactl_argv, probe_numactl
 from .binding import plan_for
+from .gpu_table import for_agent as node_gpu_table
 from .options import BindOptions, parse
 from .policy import Skip
 
@@ -112,7 +113,7 @@ def _numactl_prefix(options: BindOptions, logger: logging.Logger) -> List[str]:
 def _node_gpu_table(logger: logging.Logger) -> str:
     """The node's encoded GPU table; "" (each worker asks NVML) if it cannot be read."""
     try:
-        return gpu_table.for_agent()
+        return node_gpu_table()
     except Exception as exc:   # never fail a runtime_env over an optimization
         logger.warning("numa_bind: could not resolve this node's GPU table (%s: %s); "
                        "workers will ask NVML themselves", type(exc).__name__, exc)
