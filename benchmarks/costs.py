@@ -1,7 +1,9 @@
 """Per-worker costs of binding, each measured in a fresh interpreter like a new worker.
 
 * files opened by the first bind of a process (``sys.addaudithook`` on "open": a
-  count, so noise-free), and that bind's wall time;
+  count, so noise-free), that bind's wall time, and the CPU time ray_numa adds to a
+  worker: the bootstrap's import, the binding code imported at the first
+  assignment, the bind itself;
 * what the bootstrap imports before ``default_worker.py`` (``python -X importtime``).
 
 Run as a child: ``python benchmarks/costs.py bind '<options JSON>' '<gpu ids JSON>'``
@@ -28,18 +30,24 @@ BOOT_IMPORTS = "import os, runpy, sys; from ray_numa import worker"
 
 
 def _child_bind(options: str, gpu_ids: Sequence[str]) -> Dict:
-    import ray._private.utils  # noqa: F401  a Ray worker has Ray (and psutil) loaded
-    from ray_numa.binding import process_binder
+    import ray._private.worker  # noqa: F401  a Ray worker has Ray (and psutil) loaded
+    cpu0 = time.process_time()
+    from ray_numa import worker  # noqa: F401  what the bootstrap imports
+    cpu1 = time.process_time()
+    from ray_numa.binding import process_binder   # what the first assignment imports
     from ray_numa.options import parse
+    cpu2 = time.process_time()
     opts = parse(json.loads(options))
     opened: List[str] = []
     sys.addaudithook(lambda event, args: opened.append(str(args[0]))
                      if event == "open" else None)
-    t0 = time.perf_counter()
+    t0, cpu3 = time.perf_counter(), time.process_time()
     binding = process_binder().bind(opts, list(gpu_ids))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu4 = time.perf_counter() - t0, time.process_time()
     return {"opened": len(opened), "ms": elapsed * 1e3, "status": binding.status,
-            "sample": sorted(set(opened))[:5]}
+            "cpu_ms": {"bootstrap import": (cpu1 - cpu0) * 1e3,
+                       "binding import": (cpu2 - cpu1) * 1e3,
+                       "first bind": (cpu4 - cpu3) * 1e3}}
 
 
 def _env(extra: Mapping[str, str]) -> Dict[str, str]:
@@ -66,6 +74,8 @@ def first_bind(env: Mapping[str, str], options, gpu_ids: Sequence[str],
                for _ in range(runs)]
     out = dict(results[-1])
     out["ms"] = statistics.median(r["ms"] for r in results)
+    out["cpu_ms"] = {k: statistics.median(r["cpu_ms"][k] for r in results)
+                     for k in out["cpu_ms"]}
     return out
 
 

@@ -68,6 +68,10 @@ def bench_first_bind(dgx: Path, real: Path) -> List[Row]:
                      str(gpu["opened"]), "<= 40", _check(gpu["opened"], 40)))
         rows.append(("  wall time of that bind (median of 5 processes)", where,
                      f"{gpu['ms']:.1f} ms ({gpu['status']})", "", ""))
+        cpu_ms = gpu["cpu_ms"]
+        rows.append(("  CPU time ray_numa adds to a GPU worker (median of 5)", where,
+                     f"{sum(cpu_ms.values()):.1f} ms = " + " + ".join(
+                         f"{v:.1f} {k}" for k, v in cpu_ms.items()), "", ""))
         if where == DGX:
             cpu = costs.first_bind(env, options, [])
             rows.append(("files opened by a CPU-only worker under job-level auto", where,
