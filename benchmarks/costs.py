@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from ray_numa import environment  # noqa: E402
 # What ray_numa_boot.py imports before it hands over to default_worker.py.
 BOOT_IMPORTS = "import os, runpy, sys; from ray_numa import worker"
 
@@ -56,12 +54,11 @@ def _env(extra: Mapping[str, str]) -> Dict[str, str]:
     return env
 
 
-def agent_table(fixture: Path) -> str:
-    """The GPU table the runtime-env agent would hand a worker on ``fixture``."""
+def agent_table(env: Mapping[str, str]) -> str:
+    """The GPU table the runtime-env agent would hand a worker (``env``: its fixture)."""
     code = "from ray_numa import gpu_table; print(gpu_table.for_agent())"
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                          text=True, env=_env({environment.FIXTURE_ENV: str(fixture)})
-                          ).stdout.strip()
+                          text=True, env=_env(env)).stdout.strip()
 
 
 def first_bind(env: Mapping[str, str], options, gpu_ids: Sequence[str],

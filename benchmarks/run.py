@@ -61,8 +61,8 @@ def bench_first_bind(dgx: Path, real: Path) -> List[Row]:
     here_opts = {"cpus": sorted(os.sched_getaffinity(0))}   # one node here: explicit CPUs
     rows: List[Row] = []
     for where, fixture, options in ((DGX, dgx, NODE_MODE), (HERE, real, here_opts)):
-        env = {environment.FIXTURE_ENV: str(fixture),
-               environment.GPU_TABLE_ENV: costs.agent_table(fixture)}
+        env = {environment.FIXTURE_ENV: str(fixture)}
+        env[environment.GPU_TABLE_ENV] = costs.agent_table(env)
         gpu = costs.first_bind(env, options, ["0"])
         rows.append(("files opened by a worker's first bind, 1 GPU, node mode", where,
                      str(gpu["opened"]), "<= 40", _check(gpu["opened"], 40)))
