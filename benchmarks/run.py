@@ -25,6 +25,7 @@ import compileall
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -89,7 +90,7 @@ def bench_imports() -> List[Row]:
 
 def bench_start(dgx: Path, real: Path, actors: int, rounds: int) -> List[Row]:
     rows: List[Row] = []
-    log = Path(tempfile.mkdtemp()) / "nvml-inits"
+    log = dgx.parent / "nvml-inits"
     os.environ[environment.FAKE_NVML_LOG_ENV] = str(log)
     # DGX: job-level "auto" (vLLM's case); "off" per actor is the without-side
     sides = {"GPU auto": start.Side(1, {}, wrapped=True, bound=True),
@@ -171,9 +172,12 @@ def main() -> None:
     # would compile ray_numa from source (e.g. under PYTHONDONTWRITEBYTECODE=1).
     compileall.compile_dir(ROOT / "ray_numa", quiet=1)
     dgx, real = _fixtures()
-    rows = bench_first_bind(dgx, real) + bench_imports()
-    if not args.no_ray:
-        rows += bench_start(dgx, real, args.actors, args.rounds)
+    try:
+        rows = bench_first_bind(dgx, real) + bench_imports()
+        if not args.no_ray:
+            rows += bench_start(dgx, real, args.actors, args.rounds)
+    finally:
+        shutil.rmtree(dgx.parent, ignore_errors=True)
     if not args.no_vm:
         rows += bench_locality()
     rows += h2d.rows()
