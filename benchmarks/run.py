@@ -1,157 +1,191 @@
-"""ray-numa benchmarks: one command, one markdown table, each pair measured side by
+"""ray-numa benchmarks: one command, one markdown table, every pair measured side by
 side in the same run.
 
-    python benchmarks/run.py [--actors 8] [--rounds 3] [--no-vm]
+    python benchmarks/run.py [--actors 4] [--rounds 4] [--no-vm] [--no-ray]
 
-* worker start overhead: creation to first method call of N GPU actors with
-  ``numa_bind`` vs without, on a real local Ray cluster (fake GPUs that the fake NVML
-  places on node 0 of this kernel, so the in-process syscall path really runs);
-  rounds alternate and every round uses a fresh runtime_env so both sides start new
-  workers; median of rounds. Target ratio <= 1.05.
-* topology + GPU resolution (plan for one GPU on the DGX H100 fixture), cold (caches
-  cleared, sysfs tree re-read) and cached. Target < 1 ms cached.
-* page locality (VM tier, 2 NUMA nodes): % of a 256 MiB buffer on the GPU's node.
-  Target >= 99% bound.
-* pinned host-to-device bandwidth, only where torch sees a CUDA GPU.
+Two machines, both printed:
+* **DGX H100 fixture** (224 CPUs, 2 nodes, 8 GPUs): topology and NVML come from the
+  fixture tree, so every file read and every NVML call is that machine's; the binding
+  is recorded, not applied (the CPUs do not exist here).
+* **this machine's real kernel**: real sysfs, real syscalls (sched_setaffinity,
+  set_mempolicy); only NVML is the fixture's fake (two GPUs placed on node 0).
+
+Rows: files a worker's first bind opens (audit hook on "open": a count, noise-free)
+and its wall time; the bootstrap's import cost (``-X importtime``); actors' creation
+to first call with vs without numa_bind (GPU actors, and CPU-only actors under
+job-level "auto"), median of per-round ratios over rounds that rotate the order and
+give each side a fresh runtime_env; nvmlInit calls per worker, counted by the fake
+NVML; page locality in the 2-node VM; pinned H2D bandwidth where CUDA exists.
+ray_numa's bytecode is compiled first, as ``pip install`` does.
 """
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
-import statistics
+import platform
+import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import costs  # noqa: E402
+import h2d  # noqa: E402
+import start  # noqa: E402
+from ray_numa import environment  # noqa: E402
+
+Row = Tuple[str, str, str, str, str]    # measurement, where, value, target, result
+DGX = "DGX H100 fixture"
+HERE = f"real kernel ({os.cpu_count()} CPUs)"
+NODE_MODE = "auto"                      # node mode, memory bind: the default
 
 
-def bench_start_overhead(actors: int, rounds: int):
-    from conftest import ray_cluster
+def _check(value: float, limit: float) -> str:
+    return "PASS" if value <= limit else "FAIL"
+
+
+def _fixtures() -> Tuple[Path, Path]:
     from tests.fixtures import nvml_only
-
-    fixture = nvml_only.write(Path(tempfile.mkdtemp()))
-    times = {"without numa_bind": [], "numa_bind auto": []}
-    # Ray gets the two fake GPUs that NVML places (node 0); actors share them
-    with ray_cluster(fixture_root=fixture, num_gpus=2, num_cpus=4 * actors,
-                     log_to_driver=False) as ray:
-        @ray.remote(num_gpus=2 / actors)
-        class Model:
-            def ready(self):
-                import ray_numa
-                return ray_numa.current_binding().status
-
-        for r in range(rounds):
-            for name in (list(times) if r % 2 == 0 else list(times)[::-1]):
-                env = {"env_vars": {"BENCH_ROUND": f"{r}-{name}"}}
-                if name != "without numa_bind":
-                    env["numa_bind"] = {"cpus": sorted(os.sched_getaffinity(0))}
-                t0 = time.perf_counter()
-                handles = [Model.options(runtime_env=env).remote() for _ in range(actors)]
-                statuses = ray.get([h.ready.remote() for h in handles], timeout=600)
-                times[name].append(time.perf_counter() - t0)
-                for h in handles:
-                    ray.kill(h)
-                if name != "without numa_bind":
-                    assert set(statuses) == {"bound"}, statuses
-    base, ours = (statistics.median(v) for v in times.values())
-    return [("worker start: %d actors to first call, without numa_bind" % actors,
-             f"{base:.2f} s", ""),
-            ("worker start: %d actors to first call, numa_bind (syscall path)" % actors,
-             f"{ours:.2f} s", f"ratio {ours / base:.3f} (target <= 1.05)")]
-
-
-def bench_resolution():
-    from ray_numa import binding, gpus, topology
-    from ray_numa.options import parse
     from tests.fixtures.build import build
-
-    tree = build("dgx-h100", Path(tempfile.mkdtemp()) / "dgx")
-    os.environ["RAY_NUMA_FIXTURE"] = str(tree)
-    opts = parse("auto")
-    cold = []
-    for _ in range(5):
-        topology._cached_topology.cache_clear()
-        gpus._discover.cache_clear()
-        t0 = time.perf_counter()
-        binding.plan_for(opts, ["5"])
-        cold.append(time.perf_counter() - t0)
-    n = 2000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        binding.plan_for(opts, ["5"])
-    cached = (time.perf_counter() - t0) / n
-    del os.environ["RAY_NUMA_FIXTURE"]
-    return [("topology + GPU resolution + plan (DGX H100, 224 CPUs), cold",
-             f"{statistics.median(cold) * 1e3:.1f} ms", ""),
-            ("topology + GPU resolution + plan, cached", f"{cached * 1e3:.3f} ms",
-             "target < 1 ms")]
+    tmp = Path(tempfile.mkdtemp(prefix="ray-numa-bench-"))
+    return build("dgx-h100", tmp / "dgx"), nvml_only.write(tmp / "nvml-only")
 
 
-def bench_locality():
+def bench_first_bind(dgx: Path, real: Path) -> List[Row]:
+    """A worker's first bind, with the GPU table the agent hands it."""
+    here_opts = {"cpus": sorted(os.sched_getaffinity(0))}   # one node here: explicit CPUs
+    rows: List[Row] = []
+    for where, fixture, options in ((DGX, dgx, NODE_MODE), (HERE, real, here_opts)):
+        env = {environment.FIXTURE_ENV: str(fixture)}
+        env[environment.GPU_TABLE_ENV] = costs.agent_table(env)
+        gpu = costs.first_bind(env, options, ["0"])
+        rows.append(("files opened by a worker's first bind, 1 GPU, node mode", where,
+                     str(gpu["opened"]), "<= 40", _check(gpu["opened"], 40)))
+        rows.append(("  wall time of that bind (median of 5 processes)", where,
+                     f"{gpu['ms']:.1f} ms ({gpu['status']})", "", ""))
+        cpu_ms = gpu["cpu_ms"]
+        rows.append(("  CPU time ray_numa adds to a GPU worker (median of 5)", where,
+                     f"{sum(cpu_ms.values()):.1f} ms = " + " + ".join(
+                         f"{v:.1f} {k}" for k, v in cpu_ms.items()), "", ""))
+        if where == DGX:
+            cpu = costs.first_bind(env, options, [])
+            rows.append(("files opened by a CPU-only worker under job-level auto", where,
+                         f"{cpu['opened']} ({cpu['ms']:.1f} ms, {cpu['status']})",
+                         "", "nothing to bind"))
+    return rows
+
+
+def bench_imports() -> List[Row]:
+    cost = costs.boot_import_ms()
+    return [("bootstrap imports before default_worker.py (-X importtime, median of 7)",
+             "this interpreter", f"{cost['ms']:.1f} ms", "<= 15 ms",
+             _check(cost["ms"], 15) + f"; heaviest: {cost['heaviest']}")]
+
+
+def bench_start(dgx: Path, real: Path, actors: int, rounds: int) -> List[Row]:
+    rows: List[Row] = []
+    log = dgx.parent / "nvml-inits"
+    os.environ[environment.FAKE_NVML_LOG_ENV] = str(log)
+    # DGX: job-level "auto" (vLLM's case); "off" per actor is the without-side
+    sides = {"GPU auto": start.Side(1, {}, wrapped=True, bound=True),
+             "GPU off": start.Side(1, {"numa_bind": "off"}, wrapped=False, bound=False),
+             "CPU auto": start.Side(0, {}, wrapped=True, bound=False),
+             "CPU off": start.Side(0, {"numa_bind": "off"}, wrapped=False, bound=False)}
+    t = start.run(sides, actors, rounds, dgx, num_gpus=8,
+                  job_runtime_env={"numa_bind": "auto"})
+    for kind, limit in (("GPU", 1.02), ("CPU", 1.01)):
+        what = ("GPU actors (1 GPU each)" if kind == "GPU"
+                else "CPU-only actors, job-level auto")
+        rows += _start_rows(t, f"{kind} auto", f"{kind} off",
+                            f"{actors} {what}, auto / off", DGX, limit)
+    rows += _nvml_rows(log, t.pids["GPU auto"], DGX)
+    log.write_text("")
+    opts = {"numa_bind": {"cpus": sorted(os.sched_getaffinity(0))}}
+    sides = {"bound": start.Side(2 / actors, opts, wrapped=True, bound=True),
+             "without": start.Side(2 / actors, {}, wrapped=False, bound=False)}
+    t = start.run(sides, actors, rounds, real, num_gpus=2)
+    rows += _start_rows(t, "bound", "without", f"{actors} GPU actors (fractional), "
+                        "numa_bind via syscalls / without", HERE, 1.02)
+    rows += _nvml_rows(log, t.pids["bound"], HERE)
+    del os.environ[environment.FAKE_NVML_LOG_ENV]
+    return rows
+
+
+def _start_rows(t: "start.Timings", side: str, base: str, what: str, where: str,
+                limit: float) -> List[Row]:
+    wall, cpu = t.ratio(side, base), t.ratio(side, base, cpu=True)
+    added = (t.median(side, cpu=True) - t.median(base, cpu=True)) * 1e3
+    spread = t.ratios(side, base)
+    return [(f"{what}: creation to first call (wall)", where,
+             f"{t.median(side):.2f} s / {t.median(base):.2f} s: {wall:.3f} "
+             f"(rounds {min(spread):.2f} to {max(spread):.2f})",
+             f"<= {limit}", _check(wall, limit)),
+            ("  worker CPU time to first call", where,
+             f"{t.median(side, cpu=True) * 1e3:.0f} ms / {t.median(base, cpu=True) * 1e3:.0f}"
+             f" ms: {cpu:.3f} ({added:+.0f} ms per worker)", f"<= {limit}",
+             _check(cpu, limit))]
+
+
+def _nvml_rows(log: Path, worker_pids, where: str) -> List[Row]:
+    n = costs.nvml_inits(log, worker_pids)
+    return [("nvmlInit calls per bound GPU worker (fake NVML's count)", where,
+             f"{n['per_worker']:.2f}", "0", _check(n["per_worker"], 0)),
+            ("  nvmlInit calls by other processes (the node's runtime-env agent)", where,
+             str(n["elsewhere"]), "1 per node", _check(n["elsewhere"], 1))]
+
+
+def bench_locality() -> List[Row]:
     from tests.vm import vmtier
+    where = "2-node VM (QEMU)"
     if vmtier.missing_tools():
-        return [("page locality (VM)", "n/a", f"needs {vmtier.missing_tools()}")]
+        return [("page locality (VM)", where, "n/a", "", f"needs {vmtier.missing_tools()}")]
     script = (f"cd {ROOT} && PYTHONDONTWRITEBYTECODE=1 {sys.executable} "
               "benchmarks/locality.py\n")
     result = vmtier.boot("two-node", script)
     line = next((l for l in result.output.splitlines() if l.startswith("LOCALITY ")), None)
     if line is None:
-        return [("page locality (VM)", "failed", result.output[-300:].replace("\n", " "))]
-    data = json.loads(line[len("LOCALITY "):])
-    rows = []
-    for case, pct in data.items():
-        target = "target >= 99%" if case in ("bound before touch",
-                                              "bound after touch, migrate") else ""
-        rows.append((f"page locality, 256 MiB on the GPU's node (2-node VM): {case}",
-                     f"{pct:.2f} %", target))
+        return [("page locality (VM)", where, "failed",
+                 "", result.output[-300:].replace("\n", " "))]
+    rows: List[Row] = []
+    for case, pct in json.loads(line[len("LOCALITY "):]).items():
+        targeted = case in ("bound before touch", "bound after touch, migrate")
+        rows.append((f"256 MiB on the GPU's node: {case}", where, f"{pct:.2f} %",
+                     ">= 99 %" if targeted else "",
+                     ("PASS" if pct >= 99 else "FAIL") if targeted else ""))
     return rows
 
 
-def bench_h2d():
-    try:
-        import torch
-    except ImportError:
-        return [("pinned host->device bandwidth", "n/a", "torch not installed")]
-    if not torch.cuda.is_available():
-        return [("pinned host->device bandwidth", "n/a", "no CUDA GPU")]
-    from ray_numa import bind_current_process
-    x = torch.empty(256 << 20, dtype=torch.uint8).pin_memory()
-    y = torch.empty_like(x, device="cuda")
-
-    def gbps():
-        for _ in range(3):
-            y.copy_(x, non_blocking=True)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            y.copy_(x, non_blocking=True)
-        torch.cuda.synchronize()
-        return 20 * x.numel() / (time.perf_counter() - t0) / 1e9
-
-    before = gbps()
-    b = bind_current_process(gpu=0)
-    x = torch.empty(256 << 20, dtype=torch.uint8).pin_memory()
-    after = gbps()
-    return [("pinned H2D, unbound", f"{before:.1f} GB/s", ""),
-            (f"pinned H2D, bound ({b.status}: {b.cpus})", f"{after:.1f} GB/s", "")]
-
-
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--actors", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--actors", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--no-vm", action="store_true")
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray cluster rows")
     args = ap.parse_args()
-    rows = bench_resolution() + bench_start_overhead(args.actors, args.rounds)
+    # An installed package has bytecode (pip compiles it); without it every worker
+    # would compile ray_numa from source (e.g. under PYTHONDONTWRITEBYTECODE=1).
+    compileall.compile_dir(ROOT / "ray_numa", quiet=1)
+    dgx, real = _fixtures()
+    try:
+        rows = bench_first_bind(dgx, real) + bench_imports()
+        if not args.no_ray:
+            rows += bench_start(dgx, real, args.actors, args.rounds)
+    finally:
+        shutil.rmtree(dgx.parent, ignore_errors=True)
     if not args.no_vm:
         rows += bench_locality()
-    rows += bench_h2d()
-    lines = ["| measurement | value | note |", "| --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    rows += h2d.rows()
+    lines = [f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python "
+             f"{platform.python_version()}", "",
+             "| measurement | where | value | target | result |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     table = "\n".join(lines)
     print(table)
     out = ROOT / "benchmarks" / "results"

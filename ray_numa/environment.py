@@ -22,6 +22,12 @@ FIXTURE_ENV = "RAY_NUMA_FIXTURE"
 DISABLE_ENV = "RAY_NUMA_DISABLE"
 #: Logging level of the ``ray_numa`` logger (DEBUG, INFO, WARNING, ...).
 LOG_LEVEL_ENV = "RAY_NUMA_LOG_LEVEL"
+#: Set by the plugin for "auto" workers: the node's GPU table (JSON) that the
+#: runtime-env agent resolved once, so the worker needs no NVML (ray_numa/gpu_table.py).
+GPU_TABLE_ENV = "RAY_NUMA_GPU_TABLE"
+#: Tests and benchmarks: a file the fake NVML appends ``<pid>`` to on every
+#: ``nvmlInit``, to count NVML initializations per process.
+FAKE_NVML_LOG_ENV = "RAY_NUMA_FAKE_NVML_LOG"
 #: Set by the plugin for the worker: the normalized ``numa_bind`` options (JSON).
 SPEC_ENV = "RAY_NUMA_SPEC"
 #: Set by the plugin for the worker: the numactl argv it prefixed (or, on a fixture,

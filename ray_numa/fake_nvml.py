@@ -10,15 +10,21 @@ works against it works against a driver. Only what ray-numa calls is provided.
                   "bus_id": "00000000:18:00.0", "compute_capability": [9, 0],
                   "numa_node": 2,            # omit: NOT_SUPPORTED, as on x86 boards
                   "mig_devices": ["MIG-…"]}]}
+
+With ``RAY_NUMA_FAKE_NVML_LOG=<file>`` every ``nvmlInit`` appends its pid to the
+file, so tests can count NVML initializations per process (agent vs workers).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pynvml
+
+from .environment import FAKE_NVML_LOG_ENV
 
 NVMLError = pynvml.NVMLError
 
@@ -44,6 +50,10 @@ class FakeNvml:
         data = json.loads(self._path.read_text())
         self._devices = [_Handle(spec=d) for d in data.get("devices", [])]
         self._initialized += 1
+        log = os.environ.get(FAKE_NVML_LOG_ENV)
+        if log:   # one short O_APPEND write per call: safe across processes
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
 
     def nvmlShutdown(self) -> None:
         if not self._initialized:

@@ -127,8 +127,12 @@ def _discover(fixture: Optional[str]) -> Tuple[Tuple[Gpu, ...], str]:
 
 
 def discover_gpus() -> Tuple[Tuple[Gpu, ...], str]:
-    """This machine's GPUs in PCI order and where the list came from; cached."""
-    return _discover(os.environ.get(environment.FIXTURE_ENV))
+    """This machine's GPUs in PCI order and where the list came from; cached.
+
+    In a Ray worker, the table the runtime-env agent resolved for the node, so
+    that NVML is initialized once per node rather than once per worker."""
+    from .gpu_table import handed_over   # imports this module: import here
+    return handed_over() or _discover(os.environ.get(environment.FIXTURE_ENV))
 
 
 def cuda_enumeration(gpus: Sequence[Gpu], device_order: Optional[str]) -> List[Gpu]:

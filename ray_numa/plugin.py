@@ -33,6 +33,7 @@ except ImportError as _exc:   # pragma: no cover - another Ray
 
 from .apply import BindError, numactl_argv, probe_numactl
 from .binding import plan_for
+from .gpu_table import for_agent as node_gpu_table
 from .options import BindOptions, parse
 from .policy import Skip
 
@@ -48,6 +49,8 @@ class NumaBindPlugin(RuntimeEnvPlugin):
 
     def __init__(self) -> None:
         self._prefixes: Dict[str, List[str]] = {}
+        #: this node's encoded GPU table for "auto" workers, resolved by the first create
+        self._gpu_table: Optional["asyncio.Future[str]"] = None
 
     @staticmethod
     def validate(runtime_env_dict: dict) -> None:
@@ -62,6 +65,13 @@ class NumaBindPlugin(RuntimeEnvPlugin):
             loop = asyncio.get_running_loop()
             self._prefixes[options.to_json()] = await loop.run_in_executor(
                 None, _numactl_prefix, options, logger)
+        if options.enabled and options.auto:
+            # NVML once per node (this agent), off the event loop; concurrent creates
+            # share the one resolution. See gpu_table.py.
+            if self._gpu_table is None:
+                self._gpu_table = asyncio.get_running_loop().run_in_executor(
+                    None, _node_gpu_table, logger)
+            await self._gpu_table
         return 0
 
     def modify_context(self, uris: List[str], runtime_env, context,
@@ -78,6 +88,8 @@ class NumaBindPlugin(RuntimeEnvPlugin):
         argv = [] if disabled else self._prefixes.get(options.to_json(), [])
         context.env_vars[environment.SPEC_ENV] = options.to_json()
         context.env_vars[environment.PREFIX_ENV] = json.dumps(argv)
+        if options.auto and self._gpu_table is not None and self._gpu_table.result():
+            context.env_vars[environment.GPU_TABLE_ENV] = self._gpu_table.result()
         prefix = "" if not argv or environment.simulated() else shlex.join(argv) + " "
         context.py_executable = (f"{prefix}{context.py_executable} "
                                  f"{shlex.quote(BOOT_SCRIPT)}")
@@ -102,6 +114,16 @@ def _numactl_prefix(options: BindOptions, logger: logging.Logger) -> List[str]:
     if options.strict and memory != decision.memory:
         raise BindError(f"numa_bind (strict): {'; '.join(notes)}")
     return argv
+
+
+def _node_gpu_table(logger: logging.Logger) -> str:
+    """The node's encoded GPU table; "" (each worker asks NVML) if it cannot be read."""
+    try:
+        return node_gpu_table()
+    except Exception as exc:   # never fail a runtime_env over an optimization
+        logger.warning("numa_bind: could not resolve this node's GPU table (%s: %s); "
+                       "workers will ask NVML themselves", type(exc).__name__, exc)
+        return ""
 
 
 def plugin_env() -> Dict[str, str]:
