@@ -18,9 +18,12 @@ from tests.inspect_proc import inspect
 
 pytestmark = [pytest.mark.ray,
               pytest.mark.skipif(shutil.which("numactl") is None, reason="needs numactl")]
-# GPU 2 of the fixture has no NUMA node: "auto" over all three GPUs cannot bind.
-UNPLACEABLE = "numa_bind (strict): the NUMA node of GPU 2 (0000:f1:00.0) is unknown"
-STRICT = {"numa_bind": {"strict": True, "cpus": [0]}}
+# CPU 4095 is never among the CPUs this process may use: "auto" cannot bind. (A GPU
+# with an unknown node is no longer unplaceable here: on a one-node machine it is on
+# that node, as torch assumes too.)
+UNPLACEABLE = ("numa_bind (strict): none of the CPUs chosen for GPU 0 (0000:3b:00.0) "
+               "(4095) are allowed to this process")
+STRICT = {"numa_bind": {"strict": True, "cpus": [4095]}}
 
 
 @pytest.fixture(scope="module")

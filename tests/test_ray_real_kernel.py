@@ -82,18 +82,19 @@ def test_strict_explicit_node_that_cannot_bind_fails_the_actor(ray):
 
 
 def test_strict_auto_with_unplaceable_gpu_fails_the_actor(ray):
-    # GPU 2 has no NVML node and no PCI device here: its node is unknown
+    # CPU 4095 is not among the CPUs this process may use
     probe = make_probe(ray, num_gpus=3,
-                       runtime_env={"numa_bind": {"strict": True, "cpus": [0]}})
+                       runtime_env={"numa_bind": {"strict": True, "cpus": [4095]}})
     with pytest.raises(Exception) as err:
         ray.get(probe.remote().inspect.remote(), timeout=120)
-    assert "numa_bind (strict): the NUMA node of GPU 2 (0000:f1:00.0) is unknown" in str(err.value)
+    assert ("numa_bind (strict): none of the CPUs chosen for GPU 0 (0000:3b:00.0) (4095) "
+            "are allowed to this process") in str(err.value)
 
 
 def test_non_strict_unplaceable_gpu_warns_and_actor_runs(ray):
-    probe = make_probe(ray, num_gpus=3, runtime_env={"numa_bind": {"cpus": [0]}})
+    probe = make_probe(ray, num_gpus=3, runtime_env={"numa_bind": {"cpus": [4095]}})
     r = ray.get(probe.remote().inspect.remote(), timeout=120)
-    assert r["binding"]["status"] == "skipped" and "is unknown" in r["binding"]["reason"]
+    assert r["binding"]["status"] == "skipped" and "are allowed" in r["binding"]["reason"]
     assert sorted(r["gpu_ids"]) == ["0", "1", "2"]
 
 
