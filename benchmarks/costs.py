@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 # What ray_numa_boot.py imports before it hands over to default_worker.py.
@@ -35,12 +35,10 @@ def _child_bind(options: str, gpu_ids: Sequence[str]) -> Dict:
     from ray_numa.binding import process_binder   # what the first assignment imports
     from ray_numa.options import parse
     cpu2 = time.process_time()
+    from ray_numa.topology import opened_files
     opts = parse(json.loads(options))
-    opened: List[str] = []
-    sys.addaudithook(lambda event, args: opened.append(str(args[0]))
-                     if event == "open" else None)
     t0, cpu3 = time.perf_counter(), time.process_time()
-    binding = process_binder().bind(opts, list(gpu_ids))
+    binding, opened = opened_files(lambda: process_binder().bind(opts, list(gpu_ids)))
     elapsed, cpu4 = time.perf_counter() - t0, time.process_time()
     return {"opened": len(opened), "ms": elapsed * 1e3, "status": binding.status,
             "cpu_ms": {"bootstrap import": (cpu1 - cpu0) * 1e3,
