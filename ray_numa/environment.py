@@ -39,8 +39,9 @@ BOOT_ERROR_ENV = "RAY_NUMA_BOOT_ERROR"
 
 _TRUE = {"1", "true", "yes", "on"}
 
-#: The Ray releases ray-numa is tested with (pyproject's range; README).
-SUPPORTED_RAY = "2.60"
+#: The Ray releases ray-numa is tested with: pyproject's range, the two ends CI runs
+#: (``.ci/run``), the README's "Supported Ray versions".
+SUPPORTED_RAY = "2.48 to 2.60"
 
 
 def ray_hook_missing(hook: str, effect: str) -> str:
