@@ -147,9 +147,12 @@ def on_assignment() -> None:
     if not _auto or _start_error is not None:
         return
     try:
+        gpu_ids = _assigned_gpu_ids()
+        binding = sys.modules.get(f"{__package__}.binding")
+        if not gpu_ids and getattr(binding, "_binder", None) is None:
+            return   # CPU-only work, never bound: nothing to bind or undo, nothing to import
         from .binding import process_binder
-        process_binder().bind(_options(), _assigned_gpu_ids(), gpu_rule="assigned",
-                              pooled=_pooled())
+        process_binder().bind(_options(), gpu_ids, gpu_rule="assigned", pooled=_pooled())
     except Exception as exc:  # never break a user's task over binding
         apply = sys.modules.get(f"{__package__}.apply")   # loaded if binding imported
         if apply is not None and isinstance(exc, apply.BindError):   # strict's reason

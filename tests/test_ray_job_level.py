@@ -79,6 +79,18 @@ def test_cpu_only_actors_and_tasks_stay_unbound_without_warnings(ray):
     assert warnings == []
 
 
+def test_cpu_only_worker_pays_nothing_for_binding(ray):
+    # a fresh runtime_env: a new worker, wrapped by the plugin (job-level "auto")
+    @ray.remote(runtime_env={"env_vars": {"RAY_NUMA_TEST_FRESH": "cpu-only"}})
+    def modules():
+        import sys
+        return {m: m in sys.modules
+                for m in ("ray_numa.worker", "ray_numa.binding", "ray_numa.topology")}
+
+    assert ray.get(modules.remote(), timeout=120) == {
+        "ray_numa.worker": True, "ray_numa.binding": False, "ray_numa.topology": False}
+
+
 @pytest.mark.parametrize("span,cpus", [("union", "0-223"), ("first", None), ("skip", "")])
 def test_two_gpu_actor_across_nodes_follows_span(ray, span, cpus):
     @ray.remote(num_gpus=1)
