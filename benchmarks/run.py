@@ -73,11 +73,6 @@ def bench_first_bind(dgx: Path, real: Path) -> List[Row]:
         rows.append(("  CPU time ray_numa adds to a GPU worker (median of 5)", where,
                      f"{sum(cpu_ms.values()):.1f} ms = " + " + ".join(
                          f"{v:.1f} {k}" for k, v in cpu_ms.items()), "", ""))
-        if where == DGX:
-            cpu = costs.first_bind(env, options, [])
-            rows.append(("files opened by a CPU-only worker under job-level auto", where,
-                         f"{cpu['opened']} ({cpu['ms']:.1f} ms, {cpu['status']})",
-                         "", "nothing to bind"))
     return rows
 
 
