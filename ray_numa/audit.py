@@ -93,7 +93,7 @@ def gpu_nodes(binding: Dict[str, Any], device_order: Optional[str]) -> Tuple[int
         return ()
     nodes = set()
     for gpu in chosen:
-        node = gpu_numa_node(gpu, environment.sys_root())
+        node = gpu_numa_node(gpu, environment.sys_root(), topo.nodes)   # as binding does
         if node is not None and node in topo.nodes:
             nodes.update((node, *cpu_nodes_for(topo, node)))
     return tuple(sorted(nodes))

@@ -117,6 +117,7 @@ class Binder:
         self._gpu_key: Optional[Tuple[str, ...]] = None
         self._options: Optional[BindOptions] = None   # of the last bind, for follow()
         self._followed: Tuple[str, ...] = ()          # devices selected since then
+        self._pooled = False                          # of the last bind, for follow()
 
     def _record(self, binding: Binding) -> Binding:
         calls = tuple(getattr(self.backend, "calls", ()))
@@ -148,24 +149,36 @@ class Binder:
         if options.auto and gpus == self._gpu_key:
             return self.binding            # same GPUs as the last task: nothing to do
         decision = plan_for(options, gpus, self.topology, self.allowed)
-        self._gpu_key = gpus if options.auto else None
-        self._options, self._followed = options, ()
+        # The key is set only once this assignment's outcome is recorded: a strict
+        # failure must fail the next task with the same GPUs too (Ray keeps the worker).
+        self._gpu_key = None
+        self._options, self._followed, self._pooled = options, (), pooled
         if isinstance(decision, Skip):
             if self.binding.status == "bound":   # a pooled worker's previous task
-                self.unbind(decision.reason)
-            return self.skip(decision, options, gpus, gpu_rule)
-        if pooled:
-            decision = for_pooled_worker(decision)
-        try:
-            applied = apply_plan(decision, self.backend, options.migrate,
-                                 self.topology.nodes)
-        except OSError as exc:
-            return self.skip(Skip(f"the kernel refused the CPU affinity: {exc}"), options,
-                             gpus, gpu_rule)
-        if options.strict and applied.memory != decision.memory:
+                reset(self.backend, self.allowed.cpus)
+            binding = self.skip(decision, options, gpus, gpu_rule)
+        else:
+            try:
+                binding = self._apply(decision, options, gpus, gpu_rule)
+            except OSError as exc:
+                binding = self.skip(Skip(f"the kernel refused the CPU affinity: {exc}"),
+                                    options, gpus, gpu_rule)
+        self._gpu_key = gpus if options.auto else None
+        return binding
+
+    def _apply(self, plan: Plan, options: BindOptions, gpus: Tuple[str, ...],
+               gpu_rule: str, history: Tuple[Dict[str, Any], ...] = ()) -> Binding:
+        """Apply ``plan`` (as a pooled worker's if the last bind said so) and record
+        what took effect; strict raises after recording a weaker memory policy.
+        OSError: the kernel refused the CPU affinity (nothing recorded)."""
+        if self._pooled:
+            plan = for_pooled_worker(plan)
+        applied = apply_plan(plan, self.backend, options.migrate, self.topology.nodes)
+        binding = self._bound(plan, applied.memory, self.backend.name, gpus,
+                              plan.notes + applied.notes, applied.mem_nodes, gpu_rule,
+                              history)
+        if options.strict and applied.memory != plan.memory:
             raise BindError(f"numa_bind (strict): {'; '.join(applied.notes)}")
-        binding = self._bound(decision, applied.memory, self.backend.name, gpus,
-                              decision.notes + applied.notes, applied.mem_nodes, gpu_rule)
         for note in applied.notes:
             environment.warn_once(note)
         return binding
@@ -226,23 +239,22 @@ class Binder:
                 environment.warn_once(f"not following GPU {','.join(gpus)}: "
                                       f"{decision.message()}; binding stays as it was")
             return before
+        # The next assignment binds afresh (and forgets what was followed): a pooled
+        # worker's next task may select another device.
+        self._gpu_key = None
         if (before.status == "bound" and before.cpus == format_cpulist(decision.cpus)
                 and before.mem_nodes == (decision.mem_nodes if before.memory != "none"
                                          else ())):
             return self._record(dataclasses.replace(   # same node: no syscalls
                 before, gpus=gpus, history=history, gpu_rule="followed device"))
         try:
-            applied = apply_plan(decision, self.backend, options.migrate,
-                                 self.topology.nodes)
+            return self._apply(decision, options, gpus, "followed device", history)
         except OSError as exc:
-            environment.warn_once(f"not following GPU {gpu_id}: the kernel refused "
-                                  f"the binding: {exc}")
+            message = f"not following GPU {gpu_id}: the kernel refused the binding: {exc}"
+            if options.strict:
+                raise BindError(f"numa_bind (strict): {message}") from exc
+            environment.warn_once(message)
             return before
-        for note in applied.notes:
-            environment.warn_once(note)
-        return self._bound(decision, applied.memory, self.backend.name, gpus,
-                           decision.notes + applied.notes, applied.mem_nodes,
-                           gpu_rule="followed device", history=history)
 
     def unbind(self, reason: str) -> Binding:
         reset(self.backend, self.allowed.cpus)

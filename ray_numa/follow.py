@@ -100,7 +100,9 @@ def patch_accelerator(accelerator: Any) -> None:
 
     for name in ("set_device_index", "set_device_idx"):
         _wrap_function(accelerator, name, index_of)
-    _wrap_enter(accelerator.device_index, lambda manager: manager.idx if is_cuda() else None)
+    manager = getattr(accelerator, "device_index", None)    # torch >= 2.8 only
+    if manager is not None:
+        _wrap_enter(manager, lambda m: m.idx if is_cuda() else None)
 
 
 _PATCHES: Dict[str, Callable[[Any], None]] = {

@@ -76,6 +76,11 @@ def _bind_at_start(options: "BindOptions") -> None:
             process_binder().bind(options)
     except BindError as exc:
         _start_error = exc    # raised as the first task's error (see module doc)
+    except Exception as exc:  # never break the worker's start over binding
+        if options.strict:
+            _start_error = RuntimeError(f"numa_bind (strict): {type(exc).__name__}: {exc}")
+        else:
+            environment.warn_once(f"not binding: {type(exc).__name__}: {exc}; running unbound")
 
 
 def _wrap(hook: tuple, make: Callable[[Callable], Callable], effect: str) -> bool:
@@ -144,7 +149,11 @@ def on_assignment() -> None:
     raises (see the module doc) unless this Ray lacks the task-start hook."""
     global _task_error
     _task_error = None
-    if not _auto or _start_error is not None:
+    if _start_error is not None:     # explicit node, strict: fail every task
+        if _raise_at_assignment:      # this Ray has no task-start hook to raise it from
+            raise _start_error
+        return
+    if not _auto:
         return
     try:
         gpu_ids = _assigned_gpu_ids()

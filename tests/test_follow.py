@@ -267,3 +267,19 @@ def test_real_torch_public_api_is_followed(machine_tree):
     # union of the devices selected since the bind: 3, then 3+6, 3+6+5, 3+6+5+7
     assert r["seen"] == [["3"], ["3", "6"], ["3", "6", "5"], ["3", "6", "5", "7"]]
     assert r["binding"]["cpus"] == "0-223" and r["binding"]["gpu_rule"] == "followed device"
+
+
+def test_torch_before_2_8_has_no_device_index_and_set_device_index_is_still_followed():
+    # torch 2.6/2.7's torch.accelerator: set_device_index and set_device_idx, but the
+    # device_index context manager only came in 2.8 (pytorch docs, torch.accelerator)
+    import types
+    from ray_numa import follow
+    accelerator = types.ModuleType("torch.accelerator")
+    accelerator.current_accelerator = lambda check_available=False: None
+    accelerator._get_device_index = lambda device, optional=False: int(device)
+    accelerator.set_device_index = lambda device: None
+    accelerator.set_device_idx = accelerator.set_device_index
+    follow.patch_accelerator(accelerator)          # no AttributeError, no warning
+    assert getattr(accelerator.set_device_index, "_ray_numa_follows", False)
+    assert getattr(accelerator.set_device_idx, "_ray_numa_follows", False)
+    assert not hasattr(accelerator, "device_index")

@@ -1,0 +1,54 @@
+"""The Binder's state across a worker's life: pooled task workers that Ray reuses for
+the next task, strict failures, and following a selected device in between.
+
+On the DGX H100 fixture (GPUs 0-3 on node 0, 4-7 on node 1) the recording backend
+stands in, so every assertion is on the exact calls the process would have made.
+"""
+import pytest
+
+from ray_numa.apply import BindError
+from ray_numa.binding import process_binder
+from ray_numa.options import parse
+
+NODE0, NODE1 = "0-55,112-167", "56-111,168-223"
+
+
+@pytest.fixture
+def binder(on_machine):
+    on_machine("dgx-h100")
+    return process_binder()
+
+
+def test_a_strict_failure_fails_the_next_task_with_the_same_gpus_too(binder):
+    # Ray keeps a worker whose task raised; its next task must not run unbound
+    strict = parse({"strict": True, "cpus": [4095]})      # never an allowed CPU
+    for _ in range(2):
+        with pytest.raises(BindError, match="numa_bind \\(strict\\): none of the CPUs"):
+            binder.bind(strict, ["0"], gpu_rule="assigned")
+
+
+def test_the_next_assignment_rebinds_after_following_another_device(binder):
+    opts = parse("auto")
+    binder.bind(opts, ["0"], gpu_rule="assigned")
+    assert binder.follow("4").cpus == NODE1                # the task drove GPU 4
+    again = binder.bind(opts, ["0"], gpu_rule="assigned")  # the next task, same GPU
+    assert (again.cpus, again.gpus, again.gpu_rule) == (NODE0, ("0",), "assigned")
+    assert binder.follow("5").gpus == ("5",)               # not the union with GPU 4
+
+
+def test_following_in_a_pooled_worker_keeps_the_pooled_memory_policy(binder):
+    binder.bind(parse("auto"), ["0"], gpu_rule="assigned", pooled=True)
+    followed = binder.follow("4")
+    assert (followed.cpus, followed.memory, followed.mem_nodes) == (NODE1, "local", (1,))
+    assert ("set_mempolicy", "local", "") in followed.calls
+    assert not any(c[:2] == ("set_mempolicy", "bind") for c in followed.calls)
+
+
+def test_cpu_only_tasks_after_a_gpu_task_undo_once_then_cost_nothing(binder):
+    opts = parse("auto")
+    binder.bind(opts, ["0"], pooled=True)
+    first = binder.bind(opts, [], pooled=True)             # CPUs back, policy default
+    assert first.status == "skipped" and "no GPU" in first.reason
+    assert first.calls[-2:] == (("sched_setaffinity", "all-threads", "0-223"),
+                                ("set_mempolicy", "default", ""))
+    assert binder.bind(opts, [], pooled=True) is first     # nothing re-planned
