@@ -78,8 +78,11 @@ def _agent_create(plugin, runtime_env):
     from ray._private.runtime_env.context import RuntimeEnvContext
     from ray.runtime_env import RuntimeEnv
     env, context = RuntimeEnv(**runtime_env), RuntimeEnvContext()
-    asyncio.run(plugin.create(None, env, context))
-    plugin.modify_context([], env, context)
+    # the agent hands plugins its own logger; this one propagates to caplog whatever
+    # an earlier test did to the "ray_numa" logger
+    logger = logging.getLogger("tests.runtime_env_agent")
+    asyncio.run(plugin.create(None, env, context, logger))
+    plugin.modify_context([], env, context, logger)
     return context.env_vars
 
 
