@@ -295,6 +295,8 @@ def current_binding() -> Binding:
         return _binder.binding
     if os.environ.get(environment.BOOT_ERROR_ENV):
         return Binding(status="unbound", reason=os.environ[environment.BOOT_ERROR_ENV])
+    if environment.untouched_reason:            # the worker hook had nothing to bind
+        return Binding(status="skipped", reason=environment.untouched_reason)
     if _requested_without_plugin():
         return Binding(status="unbound", reason=PLUGIN_MISSING)
     return UNBOUND

@@ -147,6 +147,10 @@ def release_log() -> None:
 
 _warned: set = set()
 
+#: Why the worker hook left this process alone without loading the binding code
+#: (a CPU-only task or actor under "auto"); :func:`ray_numa.current_binding` says it.
+untouched_reason: Optional[str] = None
+
 
 def warn_once(message: str) -> None:
     """Warn about an impossible binding once per process, not once per task."""

@@ -39,6 +39,7 @@ _auto = False
 _start_error: Optional[Exception] = None    # explicit node: fails every task
 _task_error: Optional[Exception] = None     # this task's GPU assignment (strict)
 _raise_at_assignment = False                # no task-start hook in this Ray
+NO_GPU = "no GPU assigned to this worker"       # policy's words for the same case
 
 
 def install() -> None:
@@ -159,7 +160,9 @@ def on_assignment() -> None:
         gpu_ids = _assigned_gpu_ids()
         binding = sys.modules.get(f"{__package__}.binding")
         if not gpu_ids and getattr(binding, "_binder", None) is None:
-            return   # CPU-only work, never bound: nothing to bind or undo, nothing to import
+            # CPU-only work, never bound: nothing to bind or undo, nothing to import
+            environment.untouched_reason = NO_GPU
+            return
         from .binding import process_binder
         process_binder().bind(_options(), gpu_ids, gpu_rule="assigned", pooled=_pooled())
     except Exception as exc:  # never break a user's task over binding
