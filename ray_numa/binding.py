@@ -16,7 +16,7 @@ from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
 from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
 from .options import BindOptions
-from .policy import Plan, Skip, Target, decide
+from .policy import NO_GPU, Plan, Skip, Target, decide
 from .topology import (Allowed, Topology, format_cpulist, machine_topology,
                        parse_cpulist, process_allowed)
 
@@ -94,7 +94,7 @@ def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
     allowed = allowed or process_allowed(topo)
     if options.auto:
         if not gpu_ids:
-            return Skip("no GPU assigned to this worker", quiet=True)
+            return Skip(NO_GPU, quiet=True)
         try:
             targets, peers = _targets(gpu_ids, topo)
         except GpuResolutionError as exc:

@@ -87,7 +87,7 @@ def _explicit(args: argparse.Namespace) -> bool:
     return args.node is not None or args.gpu != "auto"
 
 
-def _no_gpu(args: argparse.Namespace) -> Optional[str]:
+def _no_gpu() -> Optional[str]:
     """The CLI's own words when a GPU binding is asked on a machine without GPUs."""
     from .gpus import discover_gpus
     gpus, source = discover_gpus()
@@ -114,7 +114,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return 2
     gpu = args.gpu if args.gpu == "auto" else int(args.gpu)
     options = resolve_options(gpu, None, _options_value(args))
-    no_gpu = _no_gpu(args) if options.auto else None
+    no_gpu = _no_gpu() if options.auto else None
     if no_gpu and options.strict:
         print(f"ray-numa exec: {no_gpu} (or add --best-effort to run unbound)",
               file=sys.stderr)

@@ -50,6 +50,9 @@ class Skip:
 
 Decision = Union[Plan, Skip]
 
+#: The reason when "auto" has no GPU to bind near (quiet: CPU-only work).
+NO_GPU = "no GPU assigned to this worker"
+
 
 def _nodes_text(nodes: Iterable[int]) -> str:
     return format_cpulist(nodes) or "none"
@@ -173,7 +176,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
            targets: Sequence[Target], peer_nodes: Sequence[Optional[int]] = ()) -> Decision:
     """The binding for ``targets`` (the assigned GPUs, or explicit nodes)."""
     if not targets:
-        return Skip("no GPU assigned to this worker", quiet=True)
+        return Skip(NO_GPU, quiet=True)
     explicit_cpus = not isinstance(options.cpus, str)
     if len(topo.nodes) == 1:
         # "node" and "socket" have nothing to choose; "exclusive" and "core-complex"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict
 
 from . import environment
 from .apply import probe_mempolicy
 from .binding import plan_for
 from .gpus import discover_gpus, gpu_numa_node
-from .options import BindOptions, parse
+from .options import BindOptions
 from .policy import Plan
 from .topology import format_cpulist, machine_topology, process_allowed
 
@@ -58,14 +58,3 @@ def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
                                "name": gpu.name, "numa_node": gpu_numa_node(gpu, sys_root, topo.nodes),
                                "mig": list(gpu.mig_uuids), "plan": plan})
     return report
-
-
-def files_opened_to_plan(numa_bind: Any = "auto", gpu_ids: Sequence[str] = ("0",)) -> List[str]:
-    """The files a cold process opens to plan ``numa_bind`` for ``gpu_ids`` on this
-    machine (or the fixture): topology, GPU table, allowed resources. A count that
-    does not depend on load, for the benchmark and the tests."""
-    from . import gpus, topology
-    topology._cached_topology.cache_clear()
-    gpus._discover.cache_clear()
-    _, files = topology.opened_files(lambda: plan_for(parse(numa_bind), list(gpu_ids)))
-    return files

@@ -39,7 +39,7 @@ _auto = False
 _start_error: Optional[Exception] = None    # explicit node: fails every task
 _task_error: Optional[Exception] = None     # this task's GPU assignment (strict)
 _raise_at_assignment = False                # no task-start hook in this Ray
-NO_GPU = "no GPU assigned to this worker"       # policy's words for the same case
+NO_GPU = "no GPU assigned to this worker"   # policy.NO_GPU; policy is not loaded here
 
 
 def install() -> None:

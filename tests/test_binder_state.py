@@ -52,3 +52,9 @@ def test_cpu_only_tasks_after_a_gpu_task_undo_once_then_cost_nothing(binder):
     assert first.calls[-2:] == (("sched_setaffinity", "all-threads", "0-223"),
                                 ("set_mempolicy", "default", ""))
     assert binder.bind(opts, [], pooled=True) is first     # nothing re-planned
+
+
+def test_the_worker_hook_gives_cpu_only_work_policys_reason():
+    # the worker hook leaves CPU-only work alone without loading policy: same words
+    from ray_numa import policy, worker
+    assert worker.NO_GPU == policy.NO_GPU

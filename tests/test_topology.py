@@ -72,11 +72,22 @@ def _cpus_read(files):
     return {int(m.group(1)) for f in files for m in [re.search(r"/cpu/cpu(\d+)/", f)] if m}
 
 
+def files_opened_to_plan(numa_bind, gpu_ids):
+    """The files a cold process opens to plan ``numa_bind`` for ``gpu_ids``: a count
+    that does not depend on load."""
+    from ray_numa import gpus, topology
+    from ray_numa.binding import plan_for
+    from ray_numa.options import parse
+    topology._cached_topology.cache_clear()
+    gpus._discover.cache_clear()
+    _, files = topology.opened_files(lambda: plan_for(parse(numa_bind), list(gpu_ids)))
+    return files
+
+
 def test_binding_one_gpu_opens_only_what_its_mode_needs(on_machine):
     """Issue 11: node mode on the DGX H100 needs node lists, distances, meminfo and
     the GPUs' PCI nodes (it opened 2929 files when every CPU was read up front);
     the CPU modes read per-CPU files only for the CPUs of the GPU's node."""
-    from ray_numa.report import files_opened_to_plan
     root = str(on_machine("dgx-h100"))
     files_opened_to_plan("auto", ["0"])                      # imports out of the way
     node = files_opened_to_plan("auto", ["0"])
