@@ -92,8 +92,8 @@ def bench_start(dgx: Path, real: Path, actors: int, rounds: int) -> List[Row]:
              "GPU off": start.Side(1, {"numa_bind": "off"}, wrapped=False, bound=False),
              "CPU auto": start.Side(0, {}, wrapped=True, bound=False),
              "CPU off": start.Side(0, {"numa_bind": "off"}, wrapped=False, bound=False)}
-    t = start.run(sides, actors, rounds, dgx, num_gpus=8,
-                  job_runtime_env={"numa_bind": "auto"})
+    t = start.run([("GPU auto", "GPU off"), ("CPU auto", "CPU off")], sides, actors,
+                  rounds, dgx, num_gpus=8, job_runtime_env={"numa_bind": "auto"})
     for kind, limit in (("GPU", 1.02), ("CPU", 1.01)):
         what = ("GPU actors (1 GPU each)" if kind == "GPU"
                 else "CPU-only actors, job-level auto")
@@ -104,7 +104,7 @@ def bench_start(dgx: Path, real: Path, actors: int, rounds: int) -> List[Row]:
     opts = {"numa_bind": {"cpus": sorted(os.sched_getaffinity(0))}}
     sides = {"bound": start.Side(2 / actors, opts, wrapped=True, bound=True),
              "without": start.Side(2 / actors, {}, wrapped=False, bound=False)}
-    t = start.run(sides, actors, rounds, real, num_gpus=2)
+    t = start.run([("bound", "without")], sides, actors, rounds, real, num_gpus=2)
     rows += _start_rows(t, "bound", "without", f"{actors} GPU actors (fractional), "
                         "numa_bind via syscalls / without", HERE, 1.02)
     rows += _nvml_rows(log, t.pids["bound"], HERE)
@@ -116,15 +116,16 @@ def _start_rows(t: "start.Timings", side: str, base: str, what: str, where: str,
                 limit: float) -> List[Row]:
     wall, cpu = t.ratio(side, base), t.ratio(side, base, cpu=True)
     added = (t.median(side, cpu=True) - t.median(base, cpu=True)) * 1e3
-    spread = t.ratios(side, base)
+    lo, hi = t.interval(side, base)
+    clo, chi = t.interval(side, base, cpu=True)
     return [(f"{what}: creation to first call (wall)", where,
              f"{t.median(side):.2f} s / {t.median(base):.2f} s: {wall:.3f} "
-             f"(rounds {min(spread):.2f} to {max(spread):.2f})",
+             f"(95 % CI {lo:.3f} to {hi:.3f}, {len(t.ratios(side, base))} rounds)",
              f"<= {limit}", _check(wall, limit)),
             ("  worker CPU time to first call", where,
              f"{t.median(side, cpu=True) * 1e3:.0f} ms / {t.median(base, cpu=True) * 1e3:.0f}"
-             f" ms: {cpu:.3f} ({added:+.0f} ms per worker)", f"<= {limit}",
-             _check(cpu, limit))]
+             f" ms: {cpu:.3f} (95 % CI {clo:.3f} to {chi:.3f}; {added:+.0f} ms per worker)",
+             f"<= {limit}", _check(cpu, limit))]
 
 
 def _nvml_rows(log: Path, worker_pids, where: str) -> List[Row]:

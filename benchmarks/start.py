@@ -1,24 +1,31 @@
 """Creation to first method call of a batch of actors, with and without numa_bind,
 on one real local Ray cluster.
 
-Every side of a comparison runs in every round, in an order that alternates between
-rounds, and each (round, side) gets its own ``env_vars`` value: a distinct
-runtime_env, so no side can reuse a worker another one started. The first call
-returns only the pid (no ray_numa import on either side); whether the actors are
-really bound is checked afterwards, outside the timed part.
+A comparison is a pair of sides (say "GPU auto" and "GPU off"). In every round both
+sides start a batch, one right after the other, and the order flips each round
+(A B, B A, ...), so a drift in the machine's speed does not favour one side. Each
+(round, side) gets its own ``env_vars`` value: a distinct runtime_env, so no side
+can reuse a worker another one started. The two sides are not started together:
+the raylet starts only as many workers at once as the machine has CPUs, and
+whichever side's runtime_env the agent readies first would take every slot, so a
+mixed batch measures queue order, not cost (tried: it printed 2.3).
 
-Wall time on a shared 2-core machine swings by tens of percent with other load, so
-each worker also reports the CPU time its process used up to that first call
-(``time.process_time``): interpreter, Ray, the bootstrap and the bind, far less
-sensitive to what else runs on the machine.
+A batch's figure is its wall time from creation until every actor answered its
+first call, and the mean over its workers of the CPU time each used up to that call
+(``time.process_time``, reported from inside the worker: interpreter, Ray, the
+bootstrap and the bind). A comparison's figure is the median over rounds of the
+per-round ratio, with a distribution-free confidence interval. The first call
+imports no ray_numa; whether the actors are really bound is checked afterwards,
+outside the timed part.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +46,27 @@ class Timings:
         return statistics.median((self.cpu if cpu else self.seconds)[side])
 
     def ratio(self, side: str, base: str, cpu: bool = False) -> float:
-        """Median of the per-round ratios: each round's pair shares the machine's load."""
+        """Median of the per-round ratios: each round's pair shares the machine."""
         return statistics.median(self.ratios(side, base, cpu))
 
     def ratios(self, side: str, base: str, cpu: bool = False) -> List[float]:
         data = self.cpu if cpu else self.seconds
         return [a / b for a, b in zip(data[side], data[base])]
 
+    def interval(self, side: str, base: str, cpu: bool = False) -> Tuple[float, float]:
+        """A distribution-free ~95 % confidence interval of the median ratio: the
+        order statistics around the median that a binomial(n, 1/2) puts 95 % between
+        (normal approximation); the whole range when there are too few rounds."""
+        ratios = sorted(self.ratios(side, base, cpu))
+        n = len(ratios)
+        k = max(0, math.floor((n - 1.96 * math.sqrt(n)) / 2))
+        return ratios[k], ratios[n - 1 - k]
 
-def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
-        num_gpus: int, job_runtime_env: Optional[Mapping] = None) -> Timings:
+
+def run(pairs: Sequence[Tuple[str, str]], sides: Mapping[str, Side], actors: int,
+        rounds: int, fixture: Path, num_gpus: int,
+        job_runtime_env: Optional[Mapping] = None) -> Timings:
+    """``pairs``: the comparisons, each two names from ``sides``; ``actors`` per batch."""
     from conftest import ray_cluster
 
     out = Timings(*({name: [] for name in sides} for _ in range(3)))
@@ -56,7 +74,7 @@ def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
                      job_runtime_env=job_runtime_env, log_to_driver=False) as ray:
         @ray.remote
         class Actor:
-            def pid(self):
+            def first(self):
                 import os
                 return os.getpid(), time.process_time()
 
@@ -68,31 +86,39 @@ def run(sides: Mapping[str, Side], actors: int, rounds: int, fixture: Path,
                     ray_numa.current_binding().status == "bound"
 
         warm = Actor.options(num_gpus=0).remote()   # the agent and raylet are up
-        ray.get(warm.pid.remote(), timeout=600)
+        ray.get(warm.first.remote(), timeout=600)
         ray.kill(warm)
-        names = list(sides)
         for r in range(rounds):
-            for name in _order(names, r):
-                side = sides[name]
-                env = dict(side.runtime_env)
-                env["env_vars"] = {"BENCH_ROUND": f"{r}-{name}"}
-                t0 = time.perf_counter()
-                handles = [Actor.options(num_gpus=side.num_gpus, runtime_env=env).remote()
-                           for _ in range(actors)]
-                firsts = ray.get([h.pid.remote() for h in handles], timeout=600)
-                out.seconds[name].append(time.perf_counter() - t0)
-                out.pids[name] += [pid for pid, _ in firsts]
-                out.cpu[name].append(statistics.mean(cpu for _, cpu in firsts))
-                seen = set(ray.get([h.status.remote() for h in handles], timeout=600))
-                if seen != {(side.wrapped, side.bound)}:
-                    raise AssertionError(f"{name}: actors report (wrapped, bound) {seen}")
-                for h in handles:
-                    ray.kill(h)
-                time.sleep(0.5)     # let the killed workers exit before the next side
+            for pair in _rotate(list(pairs), r):
+                for name in (pair if r % 2 == 0 else tuple(reversed(pair))):
+                    side = sides[name]
+                    env = dict(side.runtime_env)
+                    env["env_vars"] = {"BENCH_ROUND": f"{r}-{name}"}
+                    t0 = time.perf_counter()
+                    handles = [(name, Actor.options(num_gpus=side.num_gpus,
+                                                    runtime_env=env).remote())
+                               for _ in range(actors)]
+                    firsts = ray.get([h.first.remote() for _, h in handles], timeout=600)
+                    out.seconds[name].append(time.perf_counter() - t0)
+                    out.cpu[name].append(statistics.mean(cpu for _, cpu in firsts))
+                    out.pids[name] += [pid for pid, _ in firsts]
+                    _check_bound(ray, handles, sides)
+                    for _, h in handles:
+                        ray.kill(h)
+                    time.sleep(0.5)     # let the killed workers exit before the next batch
     return out
 
 
-def _order(names: Sequence[str], r: int) -> List[str]:
-    """Rotate the sides each round, so none is always first after a pause."""
-    k = r % len(names)
-    return list(names[k:]) + list(names[:k])
+def _check_bound(ray, handles: List[Tuple[str, object]], sides: Mapping[str, Side]) -> None:
+    seen = ray.get([h.status.remote() for _, h in handles], timeout=600)
+    for (name, _), got in zip(handles, seen):
+        want = (sides[name].wrapped, sides[name].bound)
+        if got != want:
+            raise AssertionError(f"{name}: an actor reports (wrapped, bound) {got}, "
+                                 f"expected {want}")
+
+
+def _rotate(items: List, r: int) -> List:
+    """Rotate the comparisons each round, so none is always first after a pause."""
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]

@@ -12,13 +12,12 @@ On a fixture machine a :class:`RecordingBackend` stands in and records every cal
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import shutil
 import subprocess
 import threading
-from typing import Any, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import syscalls
 from .policy import Plan
@@ -79,8 +78,7 @@ class RecordingBackend:
         return 0
 
 
-@dataclasses.dataclass(frozen=True)
-class Applied:
+class Applied(NamedTuple):
     memory: str                     # the policy that took effect
     threads: int
     notes: Tuple[str, ...]

@@ -68,7 +68,7 @@ def for_pooled_worker(plan: Plan) -> Plan:
     """
     if plan.memory == "none":
         return plan
-    return dataclasses.replace(plan, memory="local",
+    return plan._replace(memory="local",
                                notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
 
 

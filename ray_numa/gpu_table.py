@@ -14,7 +14,6 @@ the agent read it). Otherwise, or if the table is unreadable, it asks NVML itsel
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -36,17 +35,17 @@ def _fixture() -> str:
 def encode(gpus: Tuple[Gpu, ...], source: str) -> str:
     """The table as the JSON the worker gets; every ``Gpu`` field goes along."""
     return json.dumps({"version": VERSION, "fixture": _fixture(), "source": source,
-                       "gpus": [dataclasses.asdict(g) for g in gpus]},
+                       "gpus": [g._asdict() for g in gpus]},
                       separators=(",", ":"))
 
 
 def _tuples(value: Any) -> Any:
-    """JSON lists back to the tuples the frozen dataclass holds."""
+    """JSON lists back to the tuples a ``Gpu`` holds."""
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _gpu(raw: dict) -> Gpu:
-    names = {f.name for f in dataclasses.fields(Gpu)}
+    names = set(Gpu._fields)
     return Gpu(**{k: _tuples(v) for k, v in raw.items() if k in names})
 
 

@@ -8,12 +8,11 @@ module does what the CUDA runtime does instead.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, Collection, List, Optional, Sequence, Tuple
+from typing import Any, Collection, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import environment
 
@@ -25,8 +24,7 @@ class GpuResolutionError(RuntimeError):
     """A device id that names no GPU on this machine."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Gpu:
+class Gpu(NamedTuple):
     index: int                      # position in PCI bus order (not NVML's index)
     bus_id: str                     # sysfs form, e.g. 0000:18:00.0
     uuid: str = ""
@@ -87,7 +85,7 @@ def nvml_gpus(nvml: Any) -> List[Gpu]:
                 mig_uuids=tuple(migs),
             ))
         ordered = sorted(gpus, key=lambda g: g.bus_id)
-        return [dataclasses.replace(g, index=i) for i, g in enumerate(ordered)]
+        return [g._replace(index=i) for i, g in enumerate(ordered)]
     finally:
         nvml.nvmlShutdown()
 

@@ -8,23 +8,21 @@ it can be unit tested on fixture topologies of machines we do not have.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import (Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 from .options import BindOptions
 from .topology import Allowed, Topology, format_cpulist
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """Something to bind near: a GPU (by its node) or an explicitly named node."""
     label: str
     node: Optional[int]
     peer: Optional[int] = None   # index into ``peer_nodes`` (GPUs of the machine)
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     cpus: FrozenSet[int]
     cpu_nodes: Tuple[int, ...]
     mem_nodes: Tuple[int, ...]
@@ -37,8 +35,7 @@ class Plan:
     home: Optional[int] = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Skip:
+class Skip(NamedTuple):
     """Binding is impossible or pointless; ``fix`` says what the user can do."""
     reason: str
     fix: str = ""
@@ -184,7 +181,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions,
         if options.auto and options.cpus in ("node", "socket"):
             return Skip("this machine has a single NUMA node; nothing to bind")
         only = next(iter(topo.nodes))
-        targets = [dataclasses.replace(t, node=only) if t.node is None else t for t in targets]
+        targets = [t._replace(node=only) if t.node is None else t for t in targets]
         peer_nodes = [only if p is None else p for p in peer_nodes]
     for t in targets:
         if t.node is None:

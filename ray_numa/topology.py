@@ -6,13 +6,13 @@ changes the process; :mod:`ray_numa.apply` is the one place that does.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional,
+                    Tuple)
 
 from . import environment
 
@@ -39,29 +39,34 @@ def format_cpulist(ids: Iterable[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-@dataclasses.dataclass(frozen=True)
-class NumaNode:
+class NumaNode(NamedTuple):
     id: int
     cpus: FrozenSet[int]
     mem_kb: int
     distances: Mapping[int, int]
 
 
-@dataclasses.dataclass(frozen=True)
 class Topology:
     """NUMA nodes (read up front: a handful of files) and per-CPU facts read on first use.
 
     Node lists, distances and memory are all that ``cpus: "node"`` needs; a CPU's
     package, SMT siblings and last-level cache are read only when a mode asks for
     that CPU (socket, exclusive, core-complex), so binding one GPU on a 224-CPU box
-    opens a few dozen files rather than thousands. The per-CPU answers are memoized;
-    the object is otherwise immutable, and policy code stays free of file handling.
+    opens a few dozen files rather than thousands. The per-CPU answers are memoized,
+    and policy code stays free of file handling. A reader with a cache rather than a
+    value, so a plain class: no generated methods to build at import.
     """
-    nodes: Mapping[int, NumaNode]
-    online: FrozenSet[int]
-    cpu_root: Optional[Path] = None
-    _memo: Dict[Tuple[str, int], Any] = dataclasses.field(
-        default_factory=dict, compare=False, repr=False)
+    __slots__ = ("nodes", "online", "cpu_root", "_memo")
+
+    def __init__(self, nodes: Mapping[int, NumaNode], online: FrozenSet[int],
+                 cpu_root: Optional[Path] = None) -> None:
+        self.nodes = nodes
+        self.online = online
+        self.cpu_root = cpu_root
+        self._memo: Dict[Tuple[str, int], Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Topology(nodes={sorted(self.nodes)}, online={format_cpulist(self.online)})"
 
     def node_of_cpu(self, cpu: int) -> Optional[int]:
         return next((n.id for n in self.nodes.values() if cpu in n.cpus), None)
@@ -188,8 +193,7 @@ def machine_topology() -> Topology:
     return _cached_topology(str(environment.sys_root()))
 
 
-@dataclasses.dataclass(frozen=True)
-class Allowed:
+class Allowed(NamedTuple):
     """What the cgroup cpuset and the current affinity leave to this process."""
     cpus: FrozenSet[int]
     mems: FrozenSet[int]

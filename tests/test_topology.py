@@ -1,6 +1,12 @@
 """Topology and allowed-resource discovery from fixture trees and this kernel."""
+import dataclasses
+import importlib
+import inspect
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from ray_numa import topology
@@ -101,3 +107,26 @@ def test_binding_one_gpu_opens_only_what_its_mode_needs(on_machine):
         read = _cpus_read(files)
         assert read and read <= node0, mode            # only the GPU's node
         assert len(files) <= len(node) + most * 2, (mode, len(files))
+
+
+def test_a_gpu_workers_first_bind_builds_only_the_public_dataclasses():
+    """Issue 11: every GPU worker imports the binding path at its first assignment,
+    and on Python 3.11 each frozen dataclass costs ~0.6 ms to build (six generated
+    methods, each exec'd); a ``NamedTuple`` costs ~0.12 ms and is as immutable. So
+    the internal values (Plan, Skip, Target, Gpu, NumaNode, Allowed, Applied) are
+    NamedTuples, Topology (a reader with a cache) is a plain class, and only the two
+    public types, built like torch's binding options, stay dataclasses."""
+    code = ("import json, sys, ray._private.worker\n"
+            "from ray_numa import worker\n"
+            "from ray_numa.binding import process_binder\n"
+            "from ray_numa.options import parse\n"
+            "import ray_numa.follow, ray_numa.gpu_table\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ray_numa'))))\n")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
+                                       capture_output=True, text=True).stdout)
+    assert "ray_numa.policy" in loaded and "ray_numa.apply" in loaded
+    built = sorted(f"{name}.{cls.__name__}" for name in loaded
+                   for cls in vars(importlib.import_module(name)).values()
+                   if inspect.isclass(cls) and cls.__module__ == name
+                   and dataclasses.is_dataclass(cls))
+    assert built == ["ray_numa.binding.Binding", "ray_numa.options.BindOptions"]
