@@ -37,7 +37,7 @@ from .gpu_table import for_agent as node_gpu_table
 from .options import BindOptions, parse
 from .policy import Skip
 
-BOOT_SCRIPT = str(Path(__file__).parent / "_boot" / "ray_numa_boot.py")
+BOOT_SCRIPT = str(Path(__file__).parent / "_boot" / "boot.py")
 PRIORITY = 90
 
 default_logger = logging.getLogger(__name__)

@@ -53,9 +53,8 @@ def install() -> None:
     _options.cache_clear()
     if not _auto:
         _bind_at_start(_options())
-    else:   # bind at assignment, then follow the device torch selects (vLLM on Ray)
-        from .follow import install as follow_selected_device
-        follow_selected_device()
+    # "auto" binds at assignment (see hook_ray), and follows the device torch selects
+    # from then on (see on_assignment)
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,6 +162,11 @@ def on_assignment() -> None:
             # CPU-only work, never bound: nothing to bind or undo, nothing to import
             environment.untouched_reason = NO_GPU
             return
+        # Follow the CUDA device the worker then selects (vLLM on Ray drives another
+        # GPU than Ray's): the torch import hook goes in now, not at start, so Ray's own
+        # ~2000 imports never pass through it and CPU-only workers never have it.
+        from .follow import install as follow_selected_device
+        follow_selected_device()
         from .binding import process_binder
         process_binder().bind(_options(), gpu_ids, gpu_rule="assigned", pooled=_pooled())
     except Exception as exc:  # never break a user's task over binding

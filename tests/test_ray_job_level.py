@@ -84,11 +84,14 @@ def test_cpu_only_worker_pays_nothing_for_binding(ray):
     @ray.remote(runtime_env={"env_vars": {"RAY_NUMA_TEST_FRESH": "cpu-only"}})
     def modules():
         import sys
-        return {m: m in sys.modules
-                for m in ("ray_numa.worker", "ray_numa.binding", "ray_numa.topology")}
+        hooks = [type(f).__name__ for f in sys.meta_path]
+        return {m: m in sys.modules for m in ("ray_numa.worker", "ray_numa.binding",
+                                              "ray_numa.topology", "ray_numa.follow")}, hooks
 
-    assert ray.get(modules.remote(), timeout=120) == {
-        "ray_numa.worker": True, "ray_numa.binding": False, "ray_numa.topology": False}
+    loaded, hooks = ray.get(modules.remote(), timeout=120)
+    assert loaded == {"ray_numa.worker": True, "ray_numa.binding": False,
+                      "ray_numa.topology": False, "ray_numa.follow": False}
+    assert "TorchImportHook" not in hooks     # no Python call on each of its imports
 
 
 @pytest.mark.parametrize("span,cpus", [("union", "0-223"), ("first", None), ("skip", "")])

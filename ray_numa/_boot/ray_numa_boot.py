@@ -1,6 +1,7 @@
-"""Worker bootstrap: ``<python> ray_numa_boot.py default_worker.py <args>``.
+"""Worker bootstrap: ``<python> boot.py default_worker.py <args>`` runs :func:`main`.
 
-The ray-numa plugin puts this file between the worker's interpreter and Ray's
+The ray-numa plugin puts this module (through the two-line script ``boot.py``, so
+that it loads from bytecode) between the worker's interpreter and Ray's
 ``default_worker.py``. Three rules shape it:
 
 * It must never stop a worker from starting: anything ray_numa raises here (not only
