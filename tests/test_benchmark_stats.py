@@ -1,0 +1,39 @@
+"""The statistics the start benchmark prints (benchmarks/start.py, benchmarks/run.py):
+pure arithmetic over made-up rounds, no timing."""
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import run  # noqa: E402
+import start  # noqa: E402
+
+
+def timings(with_side, without):
+    return start.Timings(seconds={"a": with_side, "b": without},
+                         cpu={"a": with_side, "b": without}, pids={"a": [], "b": []})
+
+
+def test_ratio_is_the_median_of_per_round_ratios():
+    t = timings([1.1, 2.0, 3.3], [1.0, 2.0, 3.0])      # 1.1, 1.0, 1.1
+    assert t.ratios("a", "b") == [1.1 / 1.0, 1.0, 3.3 / 3.0]
+    assert t.ratio("a", "b") == 3.3 / 3.0
+
+
+def test_interval_takes_the_binomial_order_statistics_around_the_median():
+    # n = 12: k = floor((12 - 1.96 * sqrt(12)) / 2) = 2, so the 3rd and 10th of 12
+    ratios = [1.00 + i / 100 for i in range(12)]
+    t = timings(ratios, [1.0] * 12)
+    lo, hi = t.interval("a", "b")
+    assert (round(lo, 2), round(hi, 2)) == (1.02, 1.09)
+    # too few rounds for any 95 % statement: the whole range
+    few = timings([1.0, 1.1, 1.2], [1.0] * 3)
+    assert few.interval("a", "b") == (1.0, 1.2)
+
+
+def test_verdict_says_when_the_interval_spans_the_target():
+    assert run._verdict(1.01, 1.00, 1.015, 1.02) == "PASS"
+    assert run._verdict(1.05, 1.03, 1.07, 1.02) == "FAIL"
+    assert run._verdict(1.01, 0.99, 1.03, 1.02) == "PASS (the CI spans 1.02)"
+    assert run._verdict(1.03, 1.00, 1.05, 1.02) == "FAIL (the CI spans 1.02)"
