@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -134,7 +135,11 @@ def _start_rows(t: "start.Timings", side: str, base: str, what: str, where: str,
             ("  worker CPU time to first call", where,
              f"{t.median(side, cpu=True) * 1e3:.0f} ms / {t.median(base, cpu=True) * 1e3:.0f}"
              f" ms: {cpu:.3f} (95 % CI {clo:.3f} to {chi:.3f}; {added:+.0f} ms per worker)",
-             f"<= {limit}", _verdict(cpu, clo, chi, limit))]
+             f"<= {limit}", _verdict(cpu, clo, chi, limit)),
+            ("  minor page faults to first call (median per worker)", where,
+             f"{statistics.median(t.faults[side]):.0f} / {statistics.median(t.faults[base]):.0f}"
+             f": {statistics.median(t.faults[side]) - statistics.median(t.faults[base]):+.0f}",
+             "", "")]
 
 
 def bench_instructions(dgx: Path) -> List[Row]:

@@ -41,6 +41,7 @@ class Timings:
     seconds: Dict[str, List[float]]     # per round: the batch's wall time
     cpu: Dict[str, List[float]]         # per round: mean CPU seconds per worker
     pids: Dict[str, List[int]]
+    faults: Dict[str, List[int]]        # per worker: minor page faults to the first call
 
     def median(self, side: str, cpu: bool = False) -> float:
         return statistics.median((self.cpu if cpu else self.seconds)[side])
@@ -69,14 +70,16 @@ def run(pairs: Sequence[Tuple[str, str]], sides: Mapping[str, Side], actors: int
     """``pairs``: the comparisons, each two names from ``sides``; ``actors`` per batch."""
     from conftest import ray_cluster
 
-    out = Timings(*({name: [] for name in sides} for _ in range(3)))
+    out = Timings(*({name: [] for name in sides} for _ in range(4)))
     with ray_cluster(fixture_root=fixture, num_gpus=num_gpus, num_cpus=2 * actors,
                      job_runtime_env=job_runtime_env, log_to_driver=False) as ray:
         @ray.remote
         class Actor:
             def first(self):
                 import os
-                return os.getpid(), time.process_time()
+                import resource
+                return (os.getpid(), time.process_time(),
+                        resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
             def status(self):
                 import os
@@ -100,8 +103,9 @@ def run(pairs: Sequence[Tuple[str, str]], sides: Mapping[str, Side], actors: int
                                for _ in range(actors)]
                     firsts = ray.get([h.first.remote() for _, h in handles], timeout=600)
                     out.seconds[name].append(time.perf_counter() - t0)
-                    out.cpu[name].append(statistics.mean(cpu for _, cpu in firsts))
-                    out.pids[name] += [pid for pid, _ in firsts]
+                    out.cpu[name].append(statistics.mean(cpu for _, cpu, _ in firsts))
+                    out.pids[name] += [pid for pid, _, _ in firsts]
+                    out.faults[name] += [faults for _, _, faults in firsts]
                     _check_bound(ray, handles, sides)
                     for _, h in handles:
                         ray.kill(h)

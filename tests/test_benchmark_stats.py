@@ -12,7 +12,8 @@ import start  # noqa: E402
 
 def timings(with_side, without):
     return start.Timings(seconds={"a": with_side, "b": without},
-                         cpu={"a": with_side, "b": without}, pids={"a": [], "b": []})
+                         cpu={"a": with_side, "b": without}, pids={"a": [], "b": []},
+                         faults={"a": [], "b": []})
 
 
 def test_ratio_is_the_median_of_per_round_ratios():

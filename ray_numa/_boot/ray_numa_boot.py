@@ -1,4 +1,4 @@
-"""Worker bootstrap: ``<python> boot.py default_worker.py <args>`` runs :func:`main`.
+"""Worker bootstrap: ``<python> boot.py default_worker.py <args>`` (see :func:`prepare`).
 
 The ray-numa plugin puts this module (through the two-line script ``boot.py``, so
 that it loads from bytecode) between the worker's interpreter and Ray's
@@ -116,7 +116,8 @@ def on_ray_worker_module(module, worker, message):
     module.connect = connect_then_log
 
 
-def main():
+def prepare():
+    """Set the worker up and return the script to run (``default_worker.py``)."""
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     # Look like `python default_worker.py`: its directory first on the path.
@@ -127,8 +128,8 @@ def main():
         hook(sys.modules[RAY_WORKER_MODULE])
     else:
         sys.meta_path.insert(0, AfterImport(RAY_WORKER_MODULE, hook))
-    runpy.run_path(script, run_name="__main__")
+    return script
 
 
 if __name__ == "__main__":
-    main()
+    runpy.run_path(prepare(), run_name="__main__")
