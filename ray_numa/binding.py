@@ -69,7 +69,7 @@ def for_pooled_worker(plan: Plan) -> Plan:
     if plan.memory == "none":
         return plan
     return plan._replace(memory="local",
-                               notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
+                         notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
 
 
 def _targets(gpu_ids: Sequence[str],
