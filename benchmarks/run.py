@@ -128,6 +128,7 @@ def _start_rows(t: "start.Timings", side: str, base: str, what: str, where: str,
     added = (t.median(side, cpu=True) - t.median(base, cpu=True)) * 1e3
     lo, hi = t.interval(side, base)
     clo, chi = t.interval(side, base, cpu=True)
+    faults, base_faults = (statistics.median(t.faults[s]) for s in (side, base))
     return [(f"{what}: creation to first call (wall)", where,
              f"{t.median(side):.2f} s / {t.median(base):.2f} s: {wall:.3f} "
              f"(95 % CI {lo:.3f} to {hi:.3f}, {len(t.ratios(side, base))} rounds)",
@@ -137,9 +138,7 @@ def _start_rows(t: "start.Timings", side: str, base: str, what: str, where: str,
              f" ms: {cpu:.3f} (95 % CI {clo:.3f} to {chi:.3f}; {added:+.0f} ms per worker)",
              f"<= {limit}", _verdict(cpu, clo, chi, limit)),
             ("  minor page faults to first call (median per worker)", where,
-             f"{statistics.median(t.faults[side]):.0f} / {statistics.median(t.faults[base]):.0f}"
-             f": {statistics.median(t.faults[side]) - statistics.median(t.faults[base]):+.0f}",
-             "", "")]
+             f"{faults:.0f} / {base_faults:.0f}: {faults - base_faults:+.0f}", "", "")]
 
 
 def bench_instructions(dgx: Path) -> List[Row]:

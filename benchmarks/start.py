@@ -98,28 +98,20 @@ def run(pairs: Sequence[Tuple[str, str]], sides: Mapping[str, Side], actors: int
                     env = dict(side.runtime_env)
                     env["env_vars"] = {"BENCH_ROUND": f"{r}-{name}"}
                     t0 = time.perf_counter()
-                    handles = [(name, Actor.options(num_gpus=side.num_gpus,
-                                                    runtime_env=env).remote())
+                    handles = [Actor.options(num_gpus=side.num_gpus, runtime_env=env).remote()
                                for _ in range(actors)]
-                    firsts = ray.get([h.first.remote() for _, h in handles], timeout=600)
+                    firsts = ray.get([h.first.remote() for h in handles], timeout=600)
                     out.seconds[name].append(time.perf_counter() - t0)
                     out.cpu[name].append(statistics.mean(cpu for _, cpu, _ in firsts))
                     out.pids[name] += [pid for pid, _, _ in firsts]
                     out.faults[name] += [faults for _, _, faults in firsts]
-                    _check_bound(ray, handles, sides)
-                    for _, h in handles:
+                    seen = set(ray.get([h.status.remote() for h in handles], timeout=600))
+                    if seen != {(side.wrapped, side.bound)}:
+                        raise AssertionError(f"{name}: actors report (wrapped, bound) {seen}")
+                    for h in handles:
                         ray.kill(h)
                     time.sleep(0.5)     # let the killed workers exit before the next batch
     return out
-
-
-def _check_bound(ray, handles: List[Tuple[str, object]], sides: Mapping[str, Side]) -> None:
-    seen = ray.get([h.status.remote() for _, h in handles], timeout=600)
-    for (name, _), got in zip(handles, seen):
-        want = (sides[name].wrapped, sides[name].bound)
-        if got != want:
-            raise AssertionError(f"{name}: an actor reports (wrapped, bound) {got}, "
-                                 f"expected {want}")
 
 
 def _rotate(items: List, r: int) -> List:
