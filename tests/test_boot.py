@@ -9,13 +9,17 @@ import pytest
 from ray_numa.plugin import BOOT_SCRIPT
 
 
-def boot(tmp_path, env=None):
+SCRIPT = ("import json, os, sys\n"
+          "import ray._private.worker   # default_worker.py's first import\n"
+          "print(json.dumps({'argv': sys.argv, 'path': sys.path, 'name': __name__,"
+          " 'boot_error': os.environ.get('RAY_NUMA_BOOT_ERROR')}))\n")
+
+
+def boot(tmp_path, env=None, wrapped=True):
     script = tmp_path / "worker_main.py"
-    script.write_text("import json, sys\n"
-                      "print(json.dumps({'argv': sys.argv, 'path0': sys.path[0],"
-                      " 'name': __name__, 'boot_error': __import__('os').environ.get("
-                      "'RAY_NUMA_BOOT_ERROR')}))\n")
-    proc = subprocess.run([sys.executable, BOOT_SCRIPT, str(script), "--flag", "x y"],
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, *([BOOT_SCRIPT] if wrapped else []), str(script),
+                           "--flag", "x y"],
                           capture_output=True, text=True, env=dict(os.environ, **(env or {})),
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -24,8 +28,10 @@ def boot(tmp_path, env=None):
 
 def test_runs_the_worker_script_as_python_would(tmp_path):
     script, seen, _ = boot(tmp_path)
-    assert seen == {"argv": [str(script), "--flag", "x y"], "path0": str(tmp_path),
-                    "name": "__main__", "boot_error": None}
+    _, direct, _ = boot(tmp_path, wrapped=False)
+    assert seen == direct
+    assert seen["argv"] == [str(script), "--flag", "x y"] and seen["name"] == "__main__"
+    assert str(tmp_path) in seen["path"] and seen["boot_error"] is None
 
 
 def test_worker_without_ray_numa_starts_unbound_with_a_warning(tmp_path):
@@ -67,7 +73,7 @@ def test_probe_without_numactl_falls_back_to_in_process(monkeypatch):
 
 
 @pytest.mark.parametrize("ray_imported_at_startup", [False, True])
-def test_ray_hooks_are_wrapped_when_default_worker_imports_ray(tmp_path,
+def test_ray_hooks_are_wrapped_once_before_default_worker_runs(tmp_path,
                                                                ray_imported_at_startup):
     env = dict(os.environ, RAY_NUMA_SPEC='{"node": "auto"}')
     if ray_imported_at_startup:     # e.g. by a sitecustomize, before the bootstrap runs
@@ -76,16 +82,33 @@ def test_ray_hooks_are_wrapped_when_default_worker_imports_ray(tmp_path,
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(tmp_path / "site"), env.get("PYTHONPATH")) if p)
     script = tmp_path / "worker_main.py"
-    script.write_text(
+    script.write_text(     # what default_worker.py finds when its `import ray` runs
         "import json, sys\n"
-        f"assert ('ray' in sys.modules) is {ray_imported_at_startup}   # boot imports none\n"
-        "import ray._private.worker as w, ray._private.utils as u\n"
-        "print(json.dumps({'assign': hasattr(u.set_visible_accelerator_ids, '__wrapped__'),"
+        "w, u = sys.modules['ray._private.worker'], sys.modules['ray._private.utils']\n"
+        "assign = u.set_visible_accelerator_ids\n"
+        "print(json.dumps({'assign': hasattr(assign, '__wrapped__'),"
+        " 'assign_twice': hasattr(getattr(assign, '__wrapped__', None), '__wrapped__'),"
         " 'task_start': hasattr(w.Worker.record_task_log_start, '__wrapped__'),"
-        " 'connect': w.connect.__name__, 'loader': type(w.__loader__).__name__}))\n")
+        " 'connect': w.connect.__name__}))\n")
     proc = subprocess.run([sys.executable, BOOT_SCRIPT, str(script)], capture_output=True,
                           text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == {
-        "assign": True, "task_start": True, "connect": "connect_then_log",
-        "loader": "SourceFileLoader"}
+        "assign": True, "assign_twice": False, "task_start": True,
+        "connect": "connect_then_log"}
+
+
+def test_a_worker_whose_ray_cannot_import_fails_as_it_would_without_ray_numa(tmp_path):
+    broken = tmp_path / "broken" / "ray"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('ray is broken here')\n")
+    script = tmp_path / "worker_main.py"
+    script.write_text("import ray\n")
+    env = dict(os.environ, RAY_NUMA_SPEC='{"node": "auto"}', PYTHONPATH=str(broken.parent))
+    runs = [subprocess.run([sys.executable, *argv, str(script)], capture_output=True,
+                           text=True, timeout=120, env=env)
+            for argv in ([BOOT_SCRIPT], [])]
+    for proc in runs:
+        assert proc.returncode == 1
+        assert proc.stderr.rstrip().endswith("ImportError: ray is broken here")
+        assert f'File "{script}", line 1' in proc.stderr    # the worker's own import
