@@ -7,10 +7,9 @@ CPU-only task after a GPU task gets its CPUs back.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
@@ -21,9 +20,13 @@ from .topology import (Allowed, Topology, format_cpulist, machine_topology,
                        parse_cpulist, process_allowed)
 
 
-@dataclasses.dataclass(frozen=True)
-class Binding:
-    """What this process is bound to and why (``status``: bound|skipped|off|unbound)."""
+class Binding(NamedTuple):
+    """What this process is bound to and why (``status``: bound|skipped|off|unbound).
+
+    A typed result like psutil's: a NamedTuple, because every GPU worker builds this
+    class at its first assignment and a frozen dataclass costs ~5 million instructions
+    to build (its six generated methods are each compiled), a NamedTuple ~1 million.
+    """
     status: str
     reason: str
     cpus: str = ""                 # kernel list format, e.g. "0-55,112-167"
@@ -43,7 +46,7 @@ class Binding:
     calls: Tuple[Tuple[Any, ...], ...] = ()   # what the recording backend did
 
     def as_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self._asdict()
 
 
 _NUMACTL_MEMORY = {"--membind": "bind", "--preferred": "preferred",
@@ -121,7 +124,7 @@ class Binder:
 
     def _record(self, binding: Binding) -> Binding:
         calls = tuple(getattr(self.backend, "calls", ()))
-        self.binding = dataclasses.replace(binding, calls=calls)
+        self.binding = binding._replace(calls=calls)
         ledger.publish(self.binding)      # for `ray-numa audit`, from another process
         return self.binding
 
@@ -230,7 +233,7 @@ class Binder:
         if gpus == before.gpus:
             return before                  # drives what it was bound for: nothing to do
         decision = plan_for(options, gpus, self.topology, self.allowed)
-        history = before.history + (dataclasses.replace(before, history=()).as_dict(),)
+        history = before.history + (before._replace(history=()).as_dict(),)
         if isinstance(decision, Skip):
             if options.strict:
                 raise BindError(f"numa_bind (strict): cannot follow GPU {gpu_id}: "
@@ -245,8 +248,8 @@ class Binder:
         if (before.status == "bound" and before.cpus == format_cpulist(decision.cpus)
                 and before.mem_nodes == (decision.mem_nodes if before.memory != "none"
                                          else ())):
-            return self._record(dataclasses.replace(   # same node: no syscalls
-                before, gpus=gpus, history=history, gpu_rule="followed device"))
+            return self._record(before._replace(   # same node: no syscalls
+                gpus=gpus, history=history, gpu_rule="followed device"))
         try:
             return self._apply(decision, options, gpus, "followed device", history)
         except OSError as exc:
