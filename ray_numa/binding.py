@@ -15,7 +15,7 @@ from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
 from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
 from .options import BindOptions
-from .policy import NO_GPU, Plan, Skip, Target, decide
+from .policy import NO_GPU, SPLIT_MODES, Plan, Skip, Target, decide
 from .topology import (Allowed, Topology, format_cpulist, machine_topology,
                        parse_cpulist, process_allowed)
 
@@ -75,17 +75,22 @@ def for_pooled_worker(plan: Plan) -> Plan:
                          notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
 
 
-def _targets(gpu_ids: Sequence[str],
-             topo: Topology) -> Tuple[List[Target], List[Optional[int]]]:
+def _targets(gpu_ids: Sequence[str], topo: Topology,
+             options: BindOptions) -> Tuple[List[Target], List[Optional[int]]]:
+    """The assigned GPUs as targets, and every GPU's node (PCI order) where the CPU
+    mode splits a node among its GPUs; other modes read only the assigned GPUs'."""
     gpus, source = discover_gpus()
     if not gpus:
         raise GpuResolutionError(
             f"GPU(s) {', '.join(gpu_ids)} were assigned but this machine shows no NVIDIA "
             f"GPU (from {source}); with fake num_gpus there is nothing to bind to")
-    peers = [gpu_numa_node(g, environment.sys_root(), topo.nodes) for g in gpus]  # PCI order
     chosen = resolve_visible(gpu_ids, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
-    targets = [Target(label=f"GPU {g.index} ({g.bus_id})", node=peers[g.index],
-                      peer=g.index) for g in chosen]
+    peers = ([gpu_numa_node(g, environment.sys_root(), topo.nodes) for g in gpus]
+             if options.cpus in SPLIT_MODES else [])
+    targets = [Target(label=f"GPU {g.index} ({g.bus_id})", peer=g.index,
+                      node=peers[g.index] if peers
+                      else gpu_numa_node(g, environment.sys_root(), topo.nodes))
+               for g in chosen]
     return targets, peers
 
 
@@ -99,7 +104,7 @@ def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
         if not gpu_ids:
             return Skip(NO_GPU, quiet=True)
         try:
-            targets, peers = _targets(gpu_ids, topo)
+            targets, peers = _targets(gpu_ids, topo, options)
         except GpuResolutionError as exc:
             return Skip(str(exc))
     else:

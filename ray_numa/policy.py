@@ -53,6 +53,10 @@ Decision = Union[Plan, Skip]
 #: The reason when "auto" has no GPU to bind near (quiet: CPU-only work).
 NO_GPU = "no GPU assigned to this worker"
 
+#: CPU modes that split a node among its GPUs, so they need every GPU's node
+#: (``peer_nodes``); the others need only the targets' own.
+SPLIT_MODES = ("exclusive", "core-complex")
+
 
 def _nodes_text(nodes: Iterable[int]) -> str:
     return format_cpulist(nodes) or "none"
@@ -117,7 +121,7 @@ def _mode_cpus(topo: Topology, allowed: Allowed, options: BindOptions, target: T
     if options.cpus == "socket":
         nodes = topo.nodes_of_packages(topo.packages_of(nodes))
     pool = frozenset().union(*(topo.nodes[n].cpus for n in nodes)) & allowed.cpus
-    if options.cpus in ("node", "socket") or not pool:
+    if options.cpus not in SPLIT_MODES or not pool:
         return nodes, pool
     k, n = _share_of(topo, target, peer_nodes)
     if options.cpus == "exclusive":
