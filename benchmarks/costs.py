@@ -4,7 +4,10 @@
   count, so noise-free), that bind's wall time, and the CPU time ray_numa adds to a
   worker: the bootstrap's import, the binding code imported at the first
   assignment, the bind itself;
-* what the bootstrap imports before ``default_worker.py`` (``python -X importtime``).
+* what the bootstrap adds to the imports before ``default_worker.py`` runs
+  (``python -X importtime``): it imports ``ray._private.worker`` too, but that is
+  ``default_worker.py``'s own first import, so the modules Ray's import loads are not
+  counted as the bootstrap's.
 
 Run as a child: ``python benchmarks/costs.py bind '<options JSON>' '<gpu ids JSON>'``
 prints one JSON line; the fixture and the GPU table come in the environment, as a
@@ -23,8 +26,9 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-# What ray_numa_boot.py imports before it hands over to default_worker.py.
-BOOT_IMPORTS = "import os, runpy, sys; from ray_numa import worker"
+# What ray_numa_boot.py imports before it hands over to default_worker.py, in order.
+BOOT_IMPORTS = "import os, runpy, sys; from ray_numa import worker; import ray._private.worker"
+RAY_IMPORTS = "import ray._private.worker"     # default_worker.py's first import
 
 
 def _child_bind(options: str, gpu_ids: Sequence[str]) -> Dict:
@@ -77,24 +81,28 @@ def first_bind(env: Mapping[str, str], options, gpu_ids: Sequence[str],
 _LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)$")
 
 
-def boot_import_ms(runs: int = 7, imports: str = BOOT_IMPORTS) -> Dict:
-    """Median total import time of ``imports`` in a fresh interpreter (modules the
-    interpreter imported at startup excluded), and the heaviest modules."""
+def _self_times(imports: str) -> Dict[str, int]:
+    """Self import time (us) of each module ``imports`` loads in a fresh interpreter,
+    modules it imported at startup excluded."""
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c",
+         f"import sys; sys.stderr.write('--start--\\n'); {imports}"],
+        check=True, capture_output=True, text=True, env=_env({})).stderr
+    lines = err.split("--start--\n", 1)[1].splitlines()
+    return {m.group(4): int(m.group(1)) for m in map(_LINE.match, lines) if m}
+
+
+def boot_import_ms(runs: int = 7) -> Dict:
+    """Median import time the bootstrap adds (the modules it loads that Ray's own
+    import does not), and the heaviest of those modules."""
+    rays = set(_self_times(RAY_IMPORTS))
     totals, heavy = [], {}
     for _ in range(runs):
-        err = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c",
-             f"import sys; sys.stderr.write('--start--\\n'); {imports}"],
-            check=True, capture_output=True, text=True, env=_env({})).stderr
-        lines = err.split("--start--\n", 1)[1].splitlines()
-        total = 0
-        for line in lines:
-            m = _LINE.match(line)
-            if m and not m.group(3):      # top level: cumulative covers the rest
-                total += int(m.group(2))
-            if m:
-                heavy[m.group(4)] = max(heavy.get(m.group(4), 0), int(m.group(1)))
-        totals.append(total / 1e3)
+        added = {name: us for name, us in _self_times(BOOT_IMPORTS).items()
+                 if name not in rays}
+        totals.append(sum(added.values()) / 1e3)
+        for name, us in added.items():
+            heavy[name] = max(heavy.get(name, 0), us)
     top = sorted(heavy.items(), key=lambda kv: -kv[1])[:3]
     return {"ms": statistics.median(totals),
             "heaviest": ", ".join(f"{name} {us / 1e3:.1f} ms self" for name, us in top)}

@@ -82,7 +82,8 @@ def bench_first_bind(dgx: Path, real: Path) -> List[Row]:
 
 def bench_imports() -> List[Row]:
     cost = costs.boot_import_ms()
-    return [("bootstrap imports before default_worker.py (-X importtime, median of 7)",
+    return [("imports the bootstrap adds before default_worker.py (-X importtime, modules "
+             "Ray's import loads excluded, median of 7)",
              "this interpreter", f"{cost['ms']:.1f} ms", "<= 15 ms",
              _check(cost["ms"], 15) + f"; heaviest: {cost['heaviest']}")]
 
