@@ -13,7 +13,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
-from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
+from .gpus import Gpu, GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
 from .options import BindOptions
 from .policy import NO_GPU, SPLIT_MODES, Plan, Skip, Target, decide
 from .topology import (Allowed, Topology, format_cpulist, machine_topology,
@@ -85,12 +85,13 @@ def _targets(gpu_ids: Sequence[str], topo: Topology,
             f"GPU(s) {', '.join(gpu_ids)} were assigned but this machine shows no NVIDIA "
             f"GPU (from {source}); with fake num_gpus there is nothing to bind to")
     chosen = resolve_visible(gpu_ids, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
-    peers = ([gpu_numa_node(g, environment.sys_root(), topo.nodes) for g in gpus]
-             if options.cpus in SPLIT_MODES else [])
+
+    def node_of(gpu: Gpu) -> Optional[int]:
+        return gpu_numa_node(gpu, environment.sys_root(), topo.nodes)
+
+    peers = [node_of(g) for g in gpus] if options.cpus in SPLIT_MODES else []
     targets = [Target(label=f"GPU {g.index} ({g.bus_id})", peer=g.index,
-                      node=peers[g.index] if peers
-                      else gpu_numa_node(g, environment.sys_root(), topo.nodes))
-               for g in chosen]
+                      node=peers[g.index] if peers else node_of(g)) for g in chosen]
     return targets, peers
 
 

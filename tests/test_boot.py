@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,30 +73,61 @@ def test_probe_without_numactl_falls_back_to_in_process(monkeypatch):
     assert argv is None and "numactl is not installed" in notes[0]
 
 
-@pytest.mark.parametrize("ray_imported_at_startup", [False, True])
-def test_ray_hooks_are_wrapped_once_before_default_worker_runs(tmp_path,
-                                                               ray_imported_at_startup):
+HOOKED = ("import json, sys\n"
+          "import ray._private.worker as w, ray._private.utils as u   # as default_worker.py\n"
+          "assign = u.set_visible_accelerator_ids\n"
+          "cache = sys.path_importer_cache[w.__file__.rsplit('/', 1)[0]]\n"
+          "print(json.dumps({'assign': hasattr(assign, '__wrapped__'),"
+          " 'assign_twice': hasattr(getattr(assign, '__wrapped__', None), '__wrapped__'),"
+          " 'task_start': hasattr(w.Worker.record_task_log_start, '__wrapped__'),"
+          " 'connect': w.connect.__name__, 'loader': type(w.__loader__).__name__,"
+          " 'finder': type(cache).__name__}))\n")
+WRAPPED = {"assign": True, "assign_twice": False, "task_start": True,
+           "connect": "connect_then_log", "loader": "SourceFileLoader", "finder": "FileFinder"}
+
+
+def _boot_with_site(tmp_path, sitecustomize, script_text):
     env = dict(os.environ, RAY_NUMA_SPEC='{"node": "auto"}')
-    if ray_imported_at_startup:     # e.g. by a sitecustomize, before the bootstrap runs
+    if sitecustomize:
         (tmp_path / "site").mkdir()
-        (tmp_path / "site" / "sitecustomize.py").write_text("import ray._private.worker\n")
+        (tmp_path / "site" / "sitecustomize.py").write_text(sitecustomize)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(tmp_path / "site"), env.get("PYTHONPATH")) if p)
     script = tmp_path / "worker_main.py"
-    script.write_text(     # what default_worker.py finds when its `import ray` runs
-        "import json, sys\n"
-        "w, u = sys.modules['ray._private.worker'], sys.modules['ray._private.utils']\n"
-        "assign = u.set_visible_accelerator_ids\n"
-        "print(json.dumps({'assign': hasattr(assign, '__wrapped__'),"
-        " 'assign_twice': hasattr(getattr(assign, '__wrapped__', None), '__wrapped__'),"
-        " 'task_start': hasattr(w.Worker.record_task_log_start, '__wrapped__'),"
-        " 'connect': w.connect.__name__}))\n")
+    script.write_text(script_text)
     proc = subprocess.run([sys.executable, BOOT_SCRIPT, str(script)], capture_output=True,
                           text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.splitlines()[-1]) == {
-        "assign": True, "assign_twice": False, "task_start": True,
-        "connect": "connect_then_log"}
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("ray_imported_at_startup", [False, True])
+def test_ray_hooks_are_wrapped_once_when_default_worker_imports_ray(tmp_path,
+                                                                    ray_imported_at_startup):
+    """The module keeps its loader, and ``ray/_private`` gets its own finder back."""
+    site = "import ray._private.worker\n" if ray_imported_at_startup else ""
+    first = (f"import sys\nassert ('ray' in sys.modules) is {ray_imported_at_startup}"
+             "   # the bootstrap imports no Ray\n")
+    assert _boot_with_site(tmp_path, site, first + HOOKED) == WRAPPED
+
+
+def test_a_ray_found_by_another_finder_is_imported_and_hooked_by_the_bootstrap(tmp_path):
+    # e.g. an editable install of Ray: no directory on sys.path holds it
+    site = ("import sys\n"
+            f"sys.path.insert(0, {str(Path(BOOT_SCRIPT).parent)!r})\n"
+            "import ray_numa_boot\n"
+            "ray_numa_boot.AfterImport.install = classmethod(lambda cls, *a: False)\n")
+    first = "import sys\nassert 'ray._private.worker' in sys.modules\n"
+    assert _boot_with_site(tmp_path, site, first + HOOKED) == WRAPPED
+
+
+def test_after_import_wraps_only_a_package_found_on_sys_path():
+    sys.path.insert(0, str(Path(BOOT_SCRIPT).parent))
+    try:
+        from ray_numa_boot import AfterImport
+        assert AfterImport.install("no_such_top_package.sub.mod", print) is False
+    finally:
+        sys.path.remove(str(Path(BOOT_SCRIPT).parent))
 
 
 def test_a_worker_whose_ray_cannot_import_fails_as_it_would_without_ray_numa(tmp_path):

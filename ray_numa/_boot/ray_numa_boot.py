@@ -7,22 +7,83 @@ that it loads from bytecode) between the worker's interpreter and Ray's
 * It must never stop a worker from starting: anything ray_numa raises here (not only
   ImportError: a broken install, a spec from a newer agent) is reported and the worker
   runs unbound.
-* It must cost next to nothing. It imports ``ray._private.worker`` itself, right
-  before running ``default_worker.py``, whose own first import is ``ray``: the same
-  imports in the same order, and Ray's hooks are wrapped once that returns. (A
-  ``sys.meta_path`` hook waiting for the import instead was a Python call on each of
-  the ~700 imports before it: ~3 million instructions per worker, measured with
-  callgrind.)
+* It must cost next to nothing: it imports no Ray. Ray's hooks are wrapped right
+  after ``default_worker.py``'s own ``import ray`` executes ``ray._private.worker``,
+  seen by a finder on that one directory (:class:`AfterImport`).
 * What it says must land in the worker's own log, not in ``raylet.err``: the worker's
   stderr is the raylet's until ``ray._private.worker.connect()`` points it at
   ``worker-*.err``, so messages are written after ``connect`` returns.
 """
+import importlib.machinery
 import os
 import runpy
 import sys
 
 #: Why ray_numa could not set up this worker; ``current_binding()`` reports it.
 BOOT_ERROR_ENV = "RAY_NUMA_BOOT_ERROR"
+RAY_WORKER_MODULE = "ray._private.worker"
+
+
+class AfterImport:
+    """The finder of one package directory, wrapped to run ``callback(module)`` right
+    after module ``name`` from it has executed.
+
+    Only imports from that directory pass through it (for ``ray/_private``, ~35
+    before ``ray._private.worker``), and it puts the directory's own finder back once
+    it has found ``name``. (A ``sys.meta_path`` finder sees every import: ~700
+    Python calls before Ray's worker module, ~2 M instructions per worker; importing
+    Ray here instead, ahead of ``default_worker.py``, cost each worker ~450 more page
+    faults, in real Ray workers.) The module keeps its real loader and spec: the
+    spec's loader's ``exec_module`` is shadowed once.
+    """
+
+    def __init__(self, directory, finder, name, callback):
+        self.directory, self.finder = directory, finder
+        self.name, self.callback = name, callback
+
+    @classmethod
+    def install(cls, name, callback):
+        """Wrap the finder of ``name``'s package directory; False if ``name``'s top
+        package is not a directory on ``sys.path`` (found by another finder)."""
+        top, _, rest = name.partition(".")
+        spec = importlib.machinery.PathFinder.find_spec(top)     # imports nothing
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        directory = os.path.join(spec.submodule_search_locations[0],
+                                 *rest.split(".")[:-1])
+        for hook in sys.path_hooks:      # as PathFinder makes a directory's finder
+            try:
+                finder = hook(directory)
+            except ImportError:
+                continue
+            sys.path_importer_cache[directory] = cls(directory, finder, name, callback)
+            return True
+        return False
+
+    def find_spec(self, fullname, target=None):
+        spec = self.finder.find_spec(fullname, target)
+        if fullname != self.name or spec is None:
+            return spec
+        sys.path_importer_cache[self.directory] = self.finder     # once only
+        loader = spec.loader
+        original = getattr(loader, "exec_module", None)
+        if original is None:
+            return spec
+        callback = self.callback
+
+        def exec_module(module):
+            del loader.exec_module          # back to the class's method
+            original(module)
+            try:
+                callback(module)
+            except Exception as exc:    # never break the import it hooks
+                _say(f"ray_numa hook on {fullname} failed: {type(exc).__name__}: {exc}")
+
+        loader.exec_module = exec_module
+        return spec
+
+    def invalidate_caches(self):
+        self.finder.invalidate_caches()
 
 
 def _say(message):
@@ -84,12 +145,16 @@ def prepare():
     sys.argv = sys.argv[1:]
     # Look like `python default_worker.py`: its directory first on the path.
     sys.path[0] = os.path.dirname(os.path.abspath(script))
-    worker, message = load_ray_numa()     # first: an explicit node binds before Ray loads
-    try:
-        import ray._private.worker as ray_worker
-    except Exception:   # default_worker.py's own `import ray` reports it, as without us
-        return script
-    on_ray_worker_module(ray_worker, worker, message)
+    worker, message = load_ray_numa()
+    hook = lambda module: on_ray_worker_module(module, worker, message)  # noqa: E731
+    if RAY_WORKER_MODULE in sys.modules:    # imported early (sitecustomize, a .pth)
+        hook(sys.modules[RAY_WORKER_MODULE])
+    elif not AfterImport.install(RAY_WORKER_MODULE, hook):
+        try:        # Ray found by another finder (an editable install): import it now
+            import ray._private.worker as ray_worker
+        except Exception:   # default_worker.py's own `import ray` reports it
+            return script
+        hook(ray_worker)
     return script
 
 
