@@ -7,7 +7,6 @@ process's ``CUDA_VISIBLE_DEVICES`` the way CUDA resolves ``cuda:<local_rank>``.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Mapping, Optional, Union
 
@@ -40,9 +39,9 @@ def resolve_options(gpu: Union[str, int] = "auto", node: Optional[int] = None,
                     options: Any = None, strict: Optional[bool] = None) -> BindOptions:
     opts = parse(options if options is not None else ("auto" if node is None else node))
     if node is not None and options is not None:
-        opts = dataclasses.replace(opts, node=(node,))
+        opts = opts._replace(node=(node,))
     if strict is not None:
-        opts = dataclasses.replace(opts, strict=strict)
+        opts = opts._replace(strict=strict)
     return opts
 
 

@@ -1,15 +1,14 @@
 """The ``numa_bind`` value users write: parsing, validation, normalized form.
 
-One frozen dataclass, like ``torch.numa.binding``'s options: the plugin validates
-with it on the agent, the worker rebuilds it from JSON, the launcher helpers take it
-directly. The JSON schema in ``schemas/`` mirrors :func:`parse` so that Ray rejects
-bad values on the driver at ``.remote()`` / ``.options()`` time.
+One immutable value, :class:`BindOptions`: the plugin validates with it on the
+agent, the worker rebuilds it from JSON, the launcher helpers take it directly. The
+JSON schema in ``schemas/`` mirrors :func:`parse` so that Ray rejects bad values on
+the driver at ``.remote()`` / ``.options()`` time.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Any, Mapping, Tuple, Union
+from typing import Any, Mapping, NamedTuple, Tuple, Union
 
 CPU_MODES = ("node", "socket", "exclusive", "core-complex")
 MEMORY_POLICIES = ("bind", "preferred", "interleave", "none")
@@ -35,13 +34,14 @@ class OptionsError(ValueError):
     """An invalid ``numa_bind`` value; the message lists the valid forms."""
 
 
-@dataclasses.dataclass(frozen=True)
-class BindOptions:
-    """A validated ``numa_bind`` value (see :func:`parse` and :data:`VALID_FORMS`).
+class BindOptions(NamedTuple):
+    """A validated ``numa_bind`` value (see :func:`parse` and :data:`VALID_FORMS`);
+    ``enabled`` is False for "off" and for an unset value.
 
-    ``enabled`` is False for "off" and for an unset value. (The docstring also spares
-    every GPU worker the ``inspect.signature`` call a dataclass without one makes to
-    write its own: ~0.3 M instructions.)
+    torch's ``NumaOptions`` is a frozen dataclass; this is a NamedTuple, as immutable,
+    because every GPU worker builds this class at its first assignment and a frozen
+    dataclass costs ~4.4 million instructions to build (its generated methods are
+    each compiled), a NamedTuple ~1.2 million (tests/test_topology.py).
     """
     node: Nodes = "auto"
     cpus: Cpus = "node"
@@ -56,14 +56,14 @@ class BindOptions:
         return self.node == "auto"
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self._asdict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "BindOptions":
         """Rebuild from :meth:`to_json`. Keys this version does not know (a newer
         agent's) are ignored, so a version skew never stops a worker from starting."""
         raw = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(cls._fields)
         raw = {k: tuple(v) if isinstance(v, list) else v
                for k, v in raw.items() if k in known}
         return cls(**raw)

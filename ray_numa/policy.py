@@ -17,7 +17,7 @@ from .topology import Allowed, Topology, format_cpulist
 
 # The values here are NamedTuples: immutable like frozen dataclasses, but about a fifth
 # of the cost to build at import, which every GPU worker pays at its first assignment
-# (tests/test_topology.py keeps the binding path free of internal dataclasses).
+# (tests/test_topology.py keeps the binding path free of dataclasses).
 class Target(NamedTuple):
     """Something to bind near: a GPU (by its node) or an explicitly named node."""
     label: str
