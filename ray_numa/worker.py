@@ -59,7 +59,7 @@ def install() -> None:
 
 @functools.lru_cache(maxsize=None)
 def _options() -> "BindOptions":
-    """The options, built on first use (``options`` imports dataclasses)."""
+    """The options, built on first use: CPU-only workers never import ``options``."""
     from .options import BindOptions
     return BindOptions.from_json(_spec or "{}")
 
