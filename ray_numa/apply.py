@@ -17,11 +17,14 @@ import os
 import shutil
 import subprocess
 import threading
-from typing import Any, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 from . import syscalls
-from .policy import Plan
-from .topology import format_cpulist
+from .cpusets import format_cpulist
+
+if TYPE_CHECKING:
+    from .policy import Plan
 
 SYS_NICE_FIX = ("the kernel refused set_mempolicy (EPERM): in a container add the "
                 "SYS_NICE capability (docker run --cap-add SYS_NICE; Kubernetes "

@@ -7,17 +7,21 @@ CPU-only task after a GPU task gets its CPUs back.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
-from .gpus import Gpu, GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
-from .options import BindOptions
+from .cpusets import format_cpulist, parse_cpulist, process_limits
 from .policy import NO_GPU, SPLIT_MODES, Plan, Skip, Target, decide
-from .topology import (Allowed, Topology, format_cpulist, machine_topology,
-                       parse_cpulist, process_allowed)
+from .prepared import lookup as prepared_plan
+
+if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, GPUs, options
+    from .gpus import Gpu
+    from .options import BindOptions
+    from .topology import Allowed, Topology
 
 
 class Binding(NamedTuple):
@@ -79,6 +83,7 @@ def _targets(gpu_ids: Sequence[str], topo: Topology,
              options: BindOptions) -> Tuple[List[Target], List[Optional[int]]]:
     """The assigned GPUs as targets, and every GPU's node (PCI order) where the CPU
     mode splits a node among its GPUs; other modes read only the assigned GPUs'."""
+    from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
     gpus, source = discover_gpus()
     if not gpus:
         raise GpuResolutionError(
@@ -99,6 +104,8 @@ def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
              topology: Optional[Topology] = None,
              allowed: Optional[Allowed] = None) -> Any:
     """The :class:`Plan` or :class:`Skip` for ``options`` on this machine."""
+    from .gpus import GpuResolutionError
+    from .topology import machine_topology, process_allowed
     topo = topology or machine_topology()
     allowed = allowed or process_allowed(topo)
     if options.auto:
@@ -120,13 +127,34 @@ class Binder:
     def __init__(self) -> None:
         self.simulated = environment.simulated()
         self.backend = RecordingBackend() if self.simulated else SyscallBackend()
-        self.topology = machine_topology()
-        self.allowed = process_allowed(self.topology)   # before any binding
+        self.limits = process_limits()     # before any binding narrows the affinity
+        self._node_ids: Optional[Tuple[int, ...]] = None   # all nodes, from the agent's plans
         self.binding = UNBOUND
         self._gpu_key: Optional[Tuple[str, ...]] = None
         self._options: Optional[BindOptions] = None   # of the last bind, for follow()
         self._followed: Tuple[str, ...] = ()          # devices selected since then
         self._pooled = False                          # of the last bind, for follow()
+
+    @functools.cached_property
+    def topology(self) -> Topology:
+        """Read on first use: a worker binding with the agent's plan needs none."""
+        from .topology import machine_topology
+        return machine_topology()
+
+    @functools.cached_property
+    def allowed(self) -> Allowed:
+        """What the cgroup and the affinity allowed this process when it started."""
+        from .topology import process_allowed
+        return process_allowed(self.topology, self.limits)
+
+    def _decide(self, options: BindOptions, gpus: Tuple[str, ...]) -> Any:
+        """The agent's plan for a worker's one GPU if it holds here (prepared.py),
+        else the plan made here."""
+        prepared = prepared_plan(options, gpus, self.limits) if options.auto else None
+        if prepared is None:
+            return plan_for(options, gpus, self.topology, self.allowed)
+        decision, self._node_ids = prepared
+        return decision
 
     def _record(self, binding: Binding) -> Binding:
         calls = tuple(getattr(self.backend, "calls", ()))
@@ -157,7 +185,7 @@ class Binder:
                 status="off", reason=f"{environment.DISABLE_ENV} is set (kill switch)"))
         if options.auto and gpus == self._gpu_key:
             return self.binding            # same GPUs as the last task: nothing to do
-        decision = plan_for(options, gpus, self.topology, self.allowed)
+        decision = self._decide(options, gpus)
         # The key is set only once this assignment's outcome is recorded: a strict
         # failure must fail the next task with the same GPUs too (Ray keeps the worker).
         self._gpu_key = None
@@ -182,7 +210,8 @@ class Binder:
         OSError: the kernel refused the CPU affinity (nothing recorded)."""
         if self._pooled:
             plan = for_pooled_worker(plan)
-        applied = apply_plan(plan, self.backend, options.migrate, self.topology.nodes)
+        nodes = self._node_ids if self._node_ids is not None else tuple(self.topology.nodes)
+        applied = apply_plan(plan, self.backend, options.migrate, nodes)
         binding = self._bound(plan, applied.memory, self.backend.name, gpus,
                               plan.notes + applied.notes, applied.mem_nodes, gpu_rule,
                               history)

@@ -25,6 +25,9 @@ LOG_LEVEL_ENV = "RAY_NUMA_LOG_LEVEL"
 #: Set by the plugin for "auto" workers: the node's GPU table (JSON) that the
 #: runtime-env agent resolved once, so the worker needs no NVML (ray_numa/gpu_table.py).
 GPU_TABLE_ENV = "RAY_NUMA_GPU_TABLE"
+#: Set by the plugin for "auto" workers: the agent's plan for each GPU id of the node
+#: (JSON), so a worker assigned one GPU binds without planning (ray_numa/prepared.py).
+PLANS_ENV = "RAY_NUMA_PLANS"
 #: Tests and benchmarks: a file the fake NVML appends ``<pid>`` to on every
 #: ``nvmlInit``, to count NVML initializations per process.
 FAKE_NVML_LOG_ENV = "RAY_NUMA_FAKE_NVML_LOG"

@@ -31,6 +31,7 @@ except ImportError as _exc:   # pragma: no cover - another Ray
         "ray._private.runtime_env.plugin.RuntimeEnvPlugin",
         "as the base of its runtime-env plugin")) from _exc
 
+from . import prepared
 from .apply import BindError, numactl_argv, probe_numactl
 from .binding import plan_for
 from .gpu_table import for_agent as node_gpu_table
@@ -51,6 +52,8 @@ class NumaBindPlugin(RuntimeEnvPlugin):
         self._prefixes: Dict[str, List[str]] = {}
         #: this node's encoded GPU table for "auto" workers, resolved by the first create
         self._gpu_table: Optional["asyncio.Future[str]"] = None
+        #: "auto" options (JSON) -> the plans for this node's GPU ids (prepared.py)
+        self._plans: Dict[str, "asyncio.Future[str]"] = {}
 
     @staticmethod
     def validate(runtime_env_dict: dict) -> None:
@@ -68,10 +71,14 @@ class NumaBindPlugin(RuntimeEnvPlugin):
         if options.enabled and options.auto:
             # NVML once per node (this agent), off the event loop; concurrent creates
             # share the one resolution. See gpu_table.py.
+            loop = asyncio.get_running_loop()
             if self._gpu_table is None:
-                self._gpu_table = asyncio.get_running_loop().run_in_executor(
-                    None, _node_gpu_table, logger)
+                self._gpu_table = loop.run_in_executor(None, _node_gpu_table, logger)
             await self._gpu_table
+            key = options.to_json()
+            if key not in self._plans:
+                self._plans[key] = loop.run_in_executor(None, _node_plans, options, logger)
+            await self._plans[key]
         return 0
 
     def modify_context(self, uris: List[str], runtime_env, context,
@@ -90,6 +97,9 @@ class NumaBindPlugin(RuntimeEnvPlugin):
         context.env_vars[environment.PREFIX_ENV] = json.dumps(argv)
         if options.auto and self._gpu_table is not None and self._gpu_table.result():
             context.env_vars[environment.GPU_TABLE_ENV] = self._gpu_table.result()
+        plans = self._plans.get(options.to_json()) if options.auto else None
+        if plans is not None and plans.result():
+            context.env_vars[environment.PLANS_ENV] = plans.result()
         prefix = "" if not argv or environment.simulated() else shlex.join(argv) + " "
         context.py_executable = (f"{prefix}{context.py_executable} "
                                  f"{shlex.quote(BOOT_SCRIPT)}")
@@ -123,6 +133,16 @@ def _node_gpu_table(logger: logging.Logger) -> str:
     except Exception as exc:   # never fail a runtime_env over an optimization
         logger.warning("numa_bind: could not resolve this node's GPU table (%s: %s); "
                        "workers will ask NVML themselves", type(exc).__name__, exc)
+        return ""
+
+
+def _node_plans(options: BindOptions, logger: logging.Logger) -> str:
+    """This node's plans for ``options``; "" (each worker plans) if they cannot be made."""
+    try:
+        return prepared.for_agent(options)
+    except Exception as exc:   # never fail a runtime_env over an optimization
+        logger.warning("numa_bind: could not plan this node's GPUs (%s: %s); workers "
+                       "will plan themselves", type(exc).__name__, exc)
         return ""
 
 

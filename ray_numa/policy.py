@@ -8,11 +8,14 @@ it can be unit tested on fixture topologies of machines we do not have.
 """
 from __future__ import annotations
 
-from typing import (Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence,
-                    Tuple, Union)
+from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, NamedTuple,
+                    Optional, Sequence, Tuple, Union)
 
-from .options import BindOptions
-from .topology import Allowed, Topology, format_cpulist
+from .cpusets import format_cpulist
+
+if TYPE_CHECKING:   # a worker with a prepared plan (prepared.py) never loads topology
+    from .options import BindOptions
+    from .topology import Allowed, Topology
 
 
 # The values here are NamedTuples: immutable like frozen dataclasses, but about a fifth

@@ -14,28 +14,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Nam
                     Tuple)
 
 from . import environment
-
-
-def parse_cpulist(text: str) -> FrozenSet[int]:
-    """Parse the kernel's list format (``0-3,8,10-11``) used by sysfs and /proc."""
-    out = set()
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return frozenset(out)
-
-
-def format_cpulist(ids: Iterable[int]) -> str:
-    """Inverse of :func:`parse_cpulist`, the form numactl and the kernel accept."""
-    ranges: List[Tuple[int, int]] = []
-    for i in sorted(set(ids)):
-        if ranges and i == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], i)
-        else:
-            ranges.append((i, i))
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits, status_field
 
 
 class NumaNode(NamedTuple):
@@ -200,36 +179,33 @@ class Allowed(NamedTuple):
     mems: FrozenSet[int]
 
 
-def _status_field(status: str, name: str) -> Optional[FrozenSet[int]]:
-    """A list field of ``/proc/<pid>/status``. String methods, not a regex: every GPU
-    worker reads this at its first bind, and compiling a pattern costs ~0.35 M
-    instructions, more than the search."""
-    for line in status.splitlines():
-        key, _, value = line.partition(":")
-        if key == name and value.split():
-            return parse_cpulist(value.split()[0])
-    return None
+def allowed_from(limits: Limits, topology: Topology) -> Allowed:
+    """Allowed CPUs/mems from :data:`~ray_numa.cpusets.Limits`: the status lists (all
+    of the topology where absent), the CPUs narrowed by the affinity if given."""
+    cpus_text, mems_text, affinity = limits
+    cpus = parse_cpulist(cpus_text) or topology.online
+    mems = parse_cpulist(mems_text) or frozenset(topology.nodes)
+    if affinity is not None:
+        cpus = cpus & frozenset(affinity)
+    return Allowed(cpus=frozenset(cpus), mems=frozenset(mems))
 
 
 def read_allowed(status_path: Optional[Path], topology: Topology,
                  affinity: Optional[FrozenSet[int]]) -> Allowed:
-    """Allowed CPUs/mems: /proc status lists, narrowed by ``affinity`` if given."""
+    """Allowed CPUs/mems: the lists of a /proc status file, narrowed by ``affinity``."""
     status = _read(status_path) if status_path is not None else ""
-    cpus = _status_field(status, "Cpus_allowed_list") or topology.online
-    mems = _status_field(status, "Mems_allowed_list") or frozenset(topology.nodes)
-    if affinity is not None:
-        cpus = cpus & affinity
-    return Allowed(cpus=frozenset(cpus), mems=frozenset(mems))
+    return allowed_from((status_field(status, "Cpus_allowed_list"),
+                         status_field(status, "Mems_allowed_list"),
+                         None if affinity is None else tuple(sorted(affinity))), topology)
 
 
-def process_allowed(topology: Topology) -> Allowed:
-    """Allowed resources of this process right now (fixture-aware).
+def process_allowed(topology: Topology, limits: Optional[Limits] = None) -> Allowed:
+    """Allowed resources of this process: now, or as ``limits`` read earlier.
 
     On a fixture the real affinity describes another machine, so only the fixture's
-    ``proc/self/status`` counts.
+    ``proc/self/status`` counts (see :func:`ray_numa.cpusets.process_limits`).
     """
-    affinity = None if environment.simulated() else frozenset(os.sched_getaffinity(0))
-    return read_allowed(environment.proc_status_path(), topology, affinity)
+    return allowed_from(limits or process_limits(), topology)
 
 
 _open_logs: List[List[str]] = []

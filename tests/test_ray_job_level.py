@@ -94,6 +94,28 @@ def test_cpu_only_worker_pays_nothing_for_binding(ray):
     assert "TorchImportHook" not in hooks     # no Python call on each of its imports
 
 
+def test_a_gpu_actor_binds_with_the_plan_the_agent_prepared(ray):
+    """Issue 11: the runtime-env agent plans every GPU of the node once; the worker
+    applies its GPU's plan without reading the topology or loading the GPU code."""
+    @ray.remote(num_gpus=1, runtime_env={"env_vars": {"RAY_NUMA_TEST_FRESH": "prepared"}})
+    class Probe:
+        def report(self):
+            import os
+            import sys
+
+            import ray_numa
+            return ({m: m in sys.modules for m in ("ray_numa.topology", "ray_numa.gpus",
+                                                   "ray_numa.gpu_table")},
+                    ray_numa.current_binding().as_dict(), "RAY_NUMA_PLANS" in os.environ)
+
+    loaded, binding, handed = ray.get(Probe.remote().report.remote(), timeout=120)
+    assert handed and loaded == {"ray_numa.topology": False, "ray_numa.gpus": False,
+                                 "ray_numa.gpu_table": False}
+    gpu = binding["gpus"][0]
+    assert binding["status"] == "bound" and binding["cpus"] == NODE_CPUS[node_of(gpu)]
+    assert binding["gpu_rule"] == "assigned" and binding["mem_nodes"] == (node_of(gpu),)
+
+
 @pytest.mark.parametrize("span,cpus", [("union", "0-223"), ("first", None), ("skip", "")])
 def test_two_gpu_actor_across_nodes_follows_span(ray, span, cpus):
     @ray.remote(num_gpus=1)
