@@ -32,6 +32,7 @@ RAY_IMPORTS = "import ray._private.worker"     # default_worker.py's first impor
 
 
 def _child_bind(options: str, gpu_ids: Sequence[str]) -> Dict:
+    recording = False
     import ray._private.worker  # noqa: F401  a Ray worker has Ray (and psutil) loaded
     cpu0 = time.process_time()
     from ray_numa import worker  # noqa: F401  what the bootstrap imports
@@ -39,11 +40,16 @@ def _child_bind(options: str, gpu_ids: Sequence[str]) -> Dict:
     from ray_numa.binding import process_binder   # what the first assignment imports
     from ray_numa.options import parse
     cpu2 = time.process_time()
-    from ray_numa.topology import opened_files
     opts = parse(json.loads(options))
-    t0, cpu3 = time.perf_counter(), time.process_time()
-    binding, opened = opened_files(lambda: process_binder().bind(opts, list(gpu_ids)))
+    opened: list = []
+    # the audit hook here, not topology.opened_files: importing topology for it would
+    # spare the bind that import when it plans itself
+    sys.addaudithook(lambda event, args: opened.append(args[0])
+                     if event == "open" and recording else None)
+    recording, t0, cpu3 = True, time.perf_counter(), time.process_time()
+    binding = process_binder().bind(opts, list(gpu_ids))
     elapsed, cpu4 = time.perf_counter() - t0, time.process_time()
+    recording = False
     return {"opened": len(opened), "ms": elapsed * 1e3, "status": binding.status,
             "cpu_ms": {"bootstrap import": (cpu1 - cpu0) * 1e3,
                        "binding import": (cpu2 - cpu1) * 1e3,
@@ -56,11 +62,18 @@ def _env(extra: Mapping[str, str]) -> Dict[str, str]:
     return env
 
 
-def agent_table(env: Mapping[str, str]) -> str:
-    """The GPU table the runtime-env agent would hand a worker (``env``: its fixture)."""
-    code = "from ray_numa import gpu_table; print(gpu_table.for_agent())"
-    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                          text=True, env=_env(env)).stdout.strip()
+def agent_env(env: Mapping[str, str], options) -> Dict[str, str]:
+    """What the runtime-env agent would hand an "auto" worker (``env``: its fixture):
+    the node's GPU table and its plan for each GPU id."""
+    code = ("import json, sys\n"
+            "from ray_numa import gpu_table, prepared\n"
+            "from ray_numa.environment import GPU_TABLE_ENV, PLANS_ENV\n"
+            "from ray_numa.options import parse\n"
+            "print(json.dumps({GPU_TABLE_ENV: gpu_table.for_agent(),\n"
+            "                  PLANS_ENV: prepared.for_agent(parse(json.loads(sys.argv[1])))}))\n")
+    return json.loads(subprocess.run([sys.executable, "-c", code, json.dumps(options)],
+                                     check=True, capture_output=True, text=True,
+                                     env=_env(env)).stdout)
 
 
 def first_bind(env: Mapping[str, str], options, gpu_ids: Sequence[str],
