@@ -22,7 +22,7 @@ import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from . import environment
-from .cpusets import Limits, process_limits
+from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits
 from .policy import Plan, Skip
 
 VERSION = 1
@@ -38,14 +38,14 @@ def _key(options_json: str, limits: Limits) -> list:
 def _encode(decision: Any) -> Dict[str, Any]:
     if isinstance(decision, Skip):
         return {"skip": decision._asdict()}
-    return {"plan": dict(decision._asdict(), cpus=sorted(decision.cpus))}
+    return {"plan": dict(decision._asdict(), cpus=format_cpulist(decision.cpus))}
 
 
 def _decode(entry: Dict[str, Any]) -> Any:
     if "skip" in entry:
         return Skip(**entry["skip"])
     raw = entry["plan"]
-    return Plan(**dict(raw, cpus=frozenset(raw["cpus"]), cpu_nodes=tuple(raw["cpu_nodes"]),
+    return Plan(**dict(raw, cpus=parse_cpulist(raw["cpus"]), cpu_nodes=tuple(raw["cpu_nodes"]),
                        mem_nodes=tuple(raw["mem_nodes"]), notes=tuple(raw["notes"])))
 
 
