@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import psutil
+
 
 @dataclasses.dataclass(frozen=True)
 class Side:
@@ -110,8 +112,22 @@ def run(pairs: Sequence[Tuple[str, str]], sides: Mapping[str, Side], actors: int
                         raise AssertionError(f"{name}: actors report (wrapped, bound) {seen}")
                     for h in handles:
                         ray.kill(h)
-                    time.sleep(0.5)     # let the killed workers exit before the next batch
+                    _exited(pids=[pid for pid, _, _ in firsts])
     return out
+
+
+def _exited(pids: Sequence[int], timeout: float = 30) -> None:
+    """Wait until the killed workers have exited (and a moment more), so that no batch
+    shares the CPUs with the previous batch's shutdown (a fixed pause did not always
+    cover it on a loaded 2-vCPU machine)."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=timeout)
+    time.sleep(0.2)
 
 
 def _rotate(items: List, r: int) -> List:
