@@ -112,7 +112,7 @@ def _read(path: Path, default: str = "") -> str:
 
 
 def _mem_kb(meminfo: str) -> int:
-    """``Node N MemTotal: <kB> kB`` (string methods: see :func:`_status_field`)."""
+    """``Node N MemTotal: <kB> kB`` (string methods: see :func:`.cpusets.status_field`)."""
     _, found, rest = meminfo.partition("MemTotal:")
     value = rest.split(maxsplit=1)[:1]
     return int(value[0]) if found and value and value[0].isdigit() else 0
