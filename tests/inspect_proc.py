@@ -15,9 +15,15 @@ def status_field(name: str, pid: str = "self") -> str:
 
 
 def thread_cpus() -> list:
-    """Distinct Cpus_allowed_list values over every thread of this process."""
-    return sorted({status_field("Cpus_allowed_list", f"self/task/{t}")
-                   for t in os.listdir("/proc/self/task")})
+    """Distinct Cpus_allowed_list values over every live thread of this process (a
+    thread that exits between the listing and the read has none to report)."""
+    values = set()
+    for t in os.listdir("/proc/self/task"):
+        try:
+            values.add(status_field("Cpus_allowed_list", f"self/task/{t}"))
+        except FileNotFoundError:
+            pass
+    return sorted(values)
 
 
 def numactl_show() -> Dict[str, str]:
