@@ -31,7 +31,7 @@ class AfterImport:
     Only imports from that directory pass through it (for ``ray/_private``, ~35
     before ``ray._private.worker``), and it puts the directory's own finder back once
     it has found ``name``. (A ``sys.meta_path`` finder sees every import: ~700
-    Python calls before Ray's worker module, ~2 M instructions per worker; importing
+    Python calls before Ray's worker module, ~3 M instructions per worker; importing
     Ray here instead, ahead of ``default_worker.py``, cost each worker ~450 more page
     faults, in real Ray workers.) The module keeps its real loader and spec: the
     spec's loader's ``exec_module`` is shadowed once.
