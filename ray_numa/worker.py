@@ -14,8 +14,9 @@ exception from ``set_visible_accelerator_ids`` escapes that handling and kills t
 worker as a system failure.
 
 This module is imported by the bootstrap before ``default_worker.py`` runs, so it
-imports only what every worker needs; binding, topology and GPU code load at the
-first GPU assignment.
+imports only what every worker needs; the binding code loads at the first GPU
+assignment, and the topology and GPU code only where the worker plans itself (see
+``prepared.py``).
 """
 from __future__ import annotations
 
