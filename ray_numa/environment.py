@@ -64,8 +64,14 @@ def disabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     return value.strip().lower() in _TRUE
 
 
+def fixture_name() -> str:
+    """:data:`FIXTURE_ENV` as set ("" on a real machine): part of what the agent hands
+    a worker is valid for (gpu_table.py, prepared.py)."""
+    return os.environ.get(FIXTURE_ENV, "").strip()
+
+
 def fixture_root() -> Optional[Path]:
-    value = os.environ.get(FIXTURE_ENV, "").strip()
+    value = fixture_name()
     return Path(value) if value else None
 
 

@@ -28,13 +28,9 @@ VIA_AGENT = " (resolved once per node by the runtime-env agent)"
 Table = Tuple[Tuple[Gpu, ...], str]
 
 
-def _fixture() -> str:
-    return os.environ.get(environment.FIXTURE_ENV, "").strip()
-
-
 def encode(gpus: Tuple[Gpu, ...], source: str) -> str:
     """The table as the JSON the worker gets; every ``Gpu`` field goes along."""
-    return json.dumps({"version": VERSION, "fixture": _fixture(), "source": source,
+    return json.dumps({"version": VERSION, "fixture": environment.fixture_name(), "source": source,
                        "gpus": [g._asdict() for g in gpus]},
                       separators=(",", ":"))
 
@@ -78,7 +74,7 @@ def handed_over() -> Optional[Table]:
     if decoded is None:
         return None
     gpus, source, fixture = decoded
-    if fixture != _fixture():
+    if fixture != environment.fixture_name():
         return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ""
     if not all(_names(e, gpus) for e in visible.split(",") if e.strip()):

@@ -30,7 +30,7 @@ VERSION = 1
 
 def _key(options_json: str, limits: Limits) -> list:
     """Everything besides the machine that a plan depends on."""
-    return [VERSION, options_json, os.environ.get(environment.FIXTURE_ENV, "").strip(),
+    return [VERSION, options_json, environment.fixture_name(),
             os.environ.get("CUDA_DEVICE_ORDER"), list(limits[:2]),
             None if limits[2] is None else list(limits[2])]
 

@@ -14,7 +14,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Nam
                     Tuple)
 
 from . import environment
-from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits, status_field
+from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits
 
 
 class NumaNode(NamedTuple):
@@ -112,7 +112,7 @@ def _read(path: Path, default: str = "") -> str:
 
 
 def _mem_kb(meminfo: str) -> int:
-    """``Node N MemTotal: <kB> kB`` (string methods: see :func:`.cpusets.status_field`)."""
+    """``Node N MemTotal: <kB> kB`` (string methods, as :func:`.cpusets.status_field`)."""
     _, found, rest = meminfo.partition("MemTotal:")
     value = rest.split(maxsplit=1)[:1]
     return int(value[0]) if found and value and value[0].isdigit() else 0
@@ -188,15 +188,6 @@ def allowed_from(limits: Limits, topology: Topology) -> Allowed:
     if affinity is not None:
         cpus = cpus & frozenset(affinity)
     return Allowed(cpus=frozenset(cpus), mems=frozenset(mems))
-
-
-def read_allowed(status_path: Optional[Path], topology: Topology,
-                 affinity: Optional[FrozenSet[int]]) -> Allowed:
-    """Allowed CPUs/mems: the lists of a /proc status file, narrowed by ``affinity``."""
-    status = _read(status_path) if status_path is not None else ""
-    return allowed_from((status_field(status, "Cpus_allowed_list"),
-                         status_field(status, "Mems_allowed_list"),
-                         None if affinity is None else tuple(sorted(affinity))), topology)
 
 
 def process_allowed(topology: Topology, limits: Optional[Limits] = None) -> Allowed:

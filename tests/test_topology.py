@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ray_numa import topology
-from ray_numa.topology import format_cpulist, parse_cpulist, read_allowed, read_topology
+from ray_numa.topology import format_cpulist, parse_cpulist, read_topology
 
 
 def test_cpulist_round_trip():
@@ -45,10 +45,9 @@ def test_nps4_packages_and_l3_groups(machine_tree):
     assert format_cpulist(topo.llc(26)) == "24-31,216-223"
 
 
-def test_cpuset_container_status_limits_allowed(machine_tree):
-    root = machine_tree("cpuset-container")
-    topo = read_topology(root / "sys")
-    allowed = read_allowed(root / "proc/self/status", topo, affinity=None)
+def test_cpuset_container_status_limits_allowed(on_machine):
+    on_machine("cpuset-container")
+    allowed = topology.process_allowed(topology.machine_topology())
     assert format_cpulist(allowed.cpus) == "8-11,60-61,120-123,172-173"
     assert allowed.mems == {0, 1}
 
@@ -57,7 +56,7 @@ def test_this_kernel_matches_proc_and_affinity():
     topo = read_topology(Path("/sys"))
     assert topo.online >= set(os.sched_getaffinity(0))
     assert all(c in topo.siblings(c) and c in topo.llc(c) for c in topo.online)
-    allowed = read_allowed(Path("/proc/self/status"), topo, frozenset(os.sched_getaffinity(0)))
+    allowed = topology.process_allowed(topo)      # this process: /proc/self/status, affinity
     assert allowed.cpus == frozenset(os.sched_getaffinity(0))
     assert allowed.mems and allowed.mems <= set(topo.nodes)
 
