@@ -17,8 +17,8 @@ import os
 import shutil
 import subprocess
 import threading
-from typing import (TYPE_CHECKING, Any, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence,
-                    Tuple)
+from collections import namedtuple
+from typing import TYPE_CHECKING, Any, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from . import syscalls
 from .cpusets import format_cpulist
@@ -81,12 +81,14 @@ class RecordingBackend:
         return 0
 
 
-class Applied(NamedTuple):
+class Applied(namedtuple("Applied", "memory threads notes migrated mem_nodes",
+                         defaults=(False, ()))):
+    __slots__ = ()
     memory: str                     # the policy that took effect
     threads: int
     notes: Tuple[str, ...]
-    migrated: bool = False
-    mem_nodes: Tuple[int, ...] = ()  # the nodes that policy names (after any fallback)
+    migrated: bool                  # default False
+    mem_nodes: Tuple[int, ...]      # the nodes that policy names (after any fallback); ()
 
 
 def _ladder(memory: str) -> Tuple[str, ...]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from collections import namedtuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
@@ -24,30 +25,32 @@ if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, GPUs, op
     from .topology import Allowed, Topology
 
 
-class Binding(NamedTuple):
+class Binding(namedtuple("Binding", "status reason cpus cpu_nodes mem_nodes memory gpus "
+                         "gpu_rule history backend notes calls",
+                         defaults=("", (), (), "none", (), "", (), "", (), ()))):
     """What this process is bound to and why (``status``: bound|skipped|off|unbound).
 
-    A typed result like psutil's: a NamedTuple, because every GPU worker builds this
-    class at its first assignment and a frozen dataclass costs ~5 million instructions
-    to build (its six generated methods are each compiled), a NamedTuple ~1 million.
+    A typed result like psutil's, and built like psutil's: a ``collections.namedtuple``
+    subclass, the annotations documenting its fields (why: see ``policy.py``).
     """
+    __slots__ = ()
     status: str
     reason: str
-    cpus: str = ""                 # kernel list format, e.g. "0-55,112-167"
-    cpu_nodes: Tuple[int, ...] = ()
-    mem_nodes: Tuple[int, ...] = ()
-    memory: str = "none"
-    gpus: Tuple[str, ...] = ()     # the device ids bound for, as Ray/CUDA named them
+    cpus: str                      # kernel list format, e.g. "0-55,112-167"; default ""
+    cpu_nodes: Tuple[int, ...]     # default ()
+    mem_nodes: Tuple[int, ...]     # default ()
+    memory: str                    # default "none"
+    gpus: Tuple[str, ...]          # the device ids bound for, as Ray/CUDA named them; ()
     #: Which rule chose the GPU(s): "assigned" (Ray's assignment), "followed device"
     #: (the CUDA device the process selected), "local rank", "only visible GPU",
-    #: "device index"; "" for an explicit node.
-    gpu_rule: str = ""
+    #: "device index"; "" (the default) for an explicit node.
+    gpu_rule: str
     #: Earlier bindings of this process, oldest first (each an ``as_dict()`` without
-    #: its own history), e.g. the bind at assignment before following the device.
-    history: Tuple[Dict[str, Any], ...] = ()
-    backend: str = ""              # numactl | syscall | record
-    notes: Tuple[str, ...] = ()
-    calls: Tuple[Tuple[Any, ...], ...] = ()   # what the recording backend did
+    #: its own history), e.g. the bind at assignment before following the device; ().
+    history: Tuple[Dict[str, Any], ...]
+    backend: str                   # numactl | syscall | record; default ""
+    notes: Tuple[str, ...]         # default ()
+    calls: Tuple[Tuple[Any, ...], ...]   # what the recording backend did; default ()
 
     def as_dict(self) -> Dict[str, Any]:
         return self._asdict()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Collection, List, NamedTuple, Optional, Sequence, Tuple
+from collections import namedtuple
+from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 from . import environment
 
@@ -23,14 +24,16 @@ class GpuResolutionError(RuntimeError):
     """A device id that names no GPU on this machine."""
 
 
-class Gpu(NamedTuple):
+class Gpu(namedtuple("Gpu", "index bus_id uuid name compute_capability nvml_numa_node "
+                     "mig_uuids", defaults=("", "", (0, 0), None, ()))):
+    __slots__ = ()
     index: int                      # position in PCI bus order (not NVML's index)
     bus_id: str                     # sysfs form, e.g. 0000:18:00.0
-    uuid: str = ""
-    name: str = ""
-    compute_capability: Tuple[int, int] = (0, 0)
-    nvml_numa_node: Optional[int] = None   # NVML's own answer, if it has one
-    mig_uuids: Tuple[str, ...] = ()
+    uuid: str                       # default ""
+    name: str                       # default ""
+    compute_capability: Tuple[int, int]   # default (0, 0)
+    nvml_numa_node: Optional[int]   # NVML's own answer, if it has one; default None
+    mig_uuids: Tuple[str, ...]      # default ()
 
 
 def normalize_bus_id(bus_id: Any) -> str:

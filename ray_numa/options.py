@@ -8,7 +8,8 @@ the driver at ``.remote()`` / ``.options()`` time.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, NamedTuple, Tuple, Union
+from collections import namedtuple
+from typing import Any, Mapping, Tuple, Union
 
 CPU_MODES = ("node", "socket", "exclusive", "core-complex")
 MEMORY_POLICIES = ("bind", "preferred", "interleave", "none")
@@ -26,30 +27,30 @@ VALID_FORMS = (
     "migrate (bool: move pages touched before an in-process bind)."
 )
 
-Nodes = Union[str, Tuple[int, ...]]
-Cpus = Union[str, Tuple[int, ...]]
-
 
 class OptionsError(ValueError):
     """An invalid ``numa_bind`` value; the message lists the valid forms."""
 
 
-class BindOptions(NamedTuple):
+class BindOptions(namedtuple("BindOptions", "node cpus memory span strict migrate enabled",
+                             defaults=("auto", "node", "bind", "union", False, True, True))):
     """A validated ``numa_bind`` value (see :func:`parse` and :data:`VALID_FORMS`);
     ``enabled`` is False for "off" and for an unset value.
 
-    torch's ``NumaOptions`` is a frozen dataclass; this is a NamedTuple, as immutable,
-    because every GPU worker builds this class at its first assignment and a frozen
-    dataclass costs ~4.4 million instructions to build (its generated methods are
-    each compiled), a NamedTuple ~1.2 million (tests/test_topology.py).
+    torch's ``NumaOptions`` is a frozen dataclass; this is a ``collections.namedtuple``
+    subclass, as immutable, because every GPU worker builds this class at its first
+    assignment: a frozen dataclass costs ~4.4 million instructions to build (its
+    generated methods are each compiled), a ``typing.NamedTuple`` ~1.3 million, this
+    ~0.5 million (see ``policy.py``). The annotations document the fields.
     """
-    node: Nodes = "auto"
-    cpus: Cpus = "node"
-    memory: str = "bind"
-    span: str = "union"
-    strict: bool = False
-    migrate: bool = True
-    enabled: bool = True
+    __slots__ = ()
+    node: Union[str, Tuple[int, ...]]    # default "auto"
+    cpus: Union[str, Tuple[int, ...]]    # default "node"
+    memory: str                    # default "bind"
+    span: str                      # default "union"
+    strict: bool                   # default False
+    migrate: bool                  # default True
+    enabled: bool                  # default True
 
     @property
     def auto(self) -> bool:

@@ -8,8 +8,9 @@ it can be unit tested on fixture topologies of machines we do not have.
 """
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, NamedTuple,
-                    Optional, Sequence, Tuple, Union)
+from collections import namedtuple
+from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, Optional,
+                    Sequence, Tuple, Union)
 
 from .cpusets import format_cpulist
 
@@ -18,40 +19,46 @@ if TYPE_CHECKING:   # a worker with a prepared plan (prepared.py) never loads to
     from .topology import Allowed, Topology
 
 
-# The values here are NamedTuples: immutable like frozen dataclasses, but about a fifth
-# of the cost to build at import, which every GPU worker pays at its first assignment
-# (tests/test_topology.py keeps the binding path free of dataclasses).
-class Target(NamedTuple):
+# The values here, and every value class the binding path builds, are immutable like
+# frozen dataclasses but ``collections.namedtuple`` subclasses (as psutil's results
+# are), whose annotations only document the fields. Every GPU worker builds these
+# classes at its first assignment; on Python 3.11 a frozen dataclass costs ~4.4 million
+# instructions to build (its generated methods are each compiled), a
+# ``typing.NamedTuple`` ~1.3 million (each string annotation is compiled into a
+# ForwardRef), a namedtuple ~0.5 million. tests/test_topology.py keeps it so.
+class Target(namedtuple("Target", "label node peer", defaults=(None,))):
     """Something to bind near: a GPU (by its node) or an explicitly named node."""
+    __slots__ = ()
     label: str
     node: Optional[int]
-    peer: Optional[int] = None   # index into ``peer_nodes`` (GPUs of the machine)
+    peer: Optional[int]          # index into ``peer_nodes`` (GPUs of the machine); None
 
 
-class Plan(NamedTuple):
+class Plan(namedtuple("Plan", "cpus cpu_nodes mem_nodes memory reason notes home",
+                      defaults=((), None))):
+    __slots__ = ()
     cpus: FrozenSet[int]
     cpu_nodes: Tuple[int, ...]
     mem_nodes: Tuple[int, ...]
     memory: str                  # bind | preferred | interleave | none
     reason: str
-    notes: Tuple[str, ...] = ()
+    notes: Tuple[str, ...]       # default ()
     #: The GPU's own memory node (nearest with memory): what "preferred" means where
     #: the kernel can prefer only one node (no MPOL_PREFERRED_MANY before 5.15), what
     #: a refused bind/interleave falls back to, and where touched pages migrate.
-    home: Optional[int] = None
+    home: Optional[int]          # default None
 
 
-class Skip(NamedTuple):
+class Skip(namedtuple("Skip", "reason fix quiet", defaults=("", False))):
     """Binding is impossible or pointless; ``fix`` says what the user can do."""
+    __slots__ = ()
     reason: str
-    fix: str = ""
-    quiet: bool = False          # expected (no GPU, span="skip"): no warning
+    fix: str                     # default ""
+    quiet: bool                  # expected (no GPU, span="skip"): no warning; default False
 
     def message(self) -> str:
         return f"{self.reason}; {self.fix}" if self.fix else self.reason
 
-
-Decision = Union[Plan, Skip]
 
 #: The reason when "auto" has no GPU to bind near (quiet: CPU-only work).
 NO_GPU = "no GPU assigned to this worker"
@@ -114,7 +121,7 @@ def _groups(cpus: FrozenSet[int], key: Callable[[int], int]) -> Dict[int, Frozen
 
 
 def _mode_cpus(topo: Topology, allowed: Allowed, options: BindOptions, target: Target,
-               peer_nodes: Sequence[Optional[int]]) -> Tuple[Tuple[int, ...], Decision]:
+               peer_nodes: Sequence[Optional[int]]) -> Tuple[Tuple[int, ...], Union[Plan, Skip]]:
     """The target's CPU nodes and its CPUs (or a Skip), allowed CPUs first.
 
     Cores and L3 groups are built from ``node CPUs & allowed CPUs`` and only then
@@ -179,8 +186,8 @@ def _memory(topo: Topology, allowed: Allowed, options: BindOptions,
     return memory, mem_nodes, home
 
 
-def decide(topo: Topology, allowed: Allowed, options: BindOptions,
-           targets: Sequence[Target], peer_nodes: Sequence[Optional[int]] = ()) -> Decision:
+def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequence[Target],
+           peer_nodes: Sequence[Optional[int]] = ()) -> Union[Plan, Skip]:
     """The binding for ``targets`` (the assigned GPUs, or explicit nodes)."""
     if not targets:
         return Skip(NO_GPU, quiet=True)

@@ -10,14 +10,16 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional,
+from collections import namedtuple
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional,
                     Tuple)
 
 from . import environment
 from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits
 
 
-class NumaNode(NamedTuple):
+class NumaNode(namedtuple("NumaNode", "id cpus mem_kb distances")):
+    __slots__ = ()
     id: int
     cpus: FrozenSet[int]
     mem_kb: int
@@ -173,8 +175,9 @@ def machine_topology() -> Topology:
     return _cached_topology(str(environment.sys_root()))
 
 
-class Allowed(NamedTuple):
+class Allowed(namedtuple("Allowed", "cpus mems")):
     """What the cgroup cpuset and the current affinity leave to this process."""
+    __slots__ = ()
     cpus: FrozenSet[int]
     mems: FrozenSet[int]
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ray_numa import topology
+from ray_numa import gpus, topology
 from ray_numa.topology import format_cpulist, parse_cpulist, read_topology
 
 
@@ -108,28 +108,38 @@ def test_binding_one_gpu_opens_only_what_its_mode_needs(on_machine):
         assert len(files) <= len(node) + most * 2, (mode, len(files))
 
 
-def test_a_gpu_workers_first_bind_builds_no_dataclass():
+def test_a_gpu_workers_first_bind_compiles_one_new_per_value_class():
     """Issue 11: every GPU worker imports the binding path at its first assignment,
-    and on Python 3.11 each frozen dataclass costs ~4.4 million instructions to build
-    (its generated methods, each compiled); a ``NamedTuple`` costs ~1 million and is
-    as immutable. So the values (BindOptions, which torch makes a frozen dataclass;
-    Binding, a typed result like psutil's; Plan, Skip, Target, Gpu, NumaNode, Allowed,
-    Applied) are NamedTuples, and Topology (a reader with a cache) is a plain class."""
+    and building a class can compile source at runtime: on Python 3.11 a frozen
+    dataclass compiles each generated method (~4.4 million instructions per class), a
+    ``typing.NamedTuple`` compiles each string annotation into a ForwardRef (~1.3
+    million), a ``collections.namedtuple`` compiles only its ``__new__`` (~0.5
+    million). So the values (BindOptions, which torch makes a frozen dataclass;
+    Binding, a typed result like psutil's; Plan, Skip, Target, Applied) are namedtuple
+    subclasses whose annotations document their fields, and Topology (a reader with a
+    cache) is a plain class. Counted with the interpreter's own "compile" audit event,
+    in a process that has imported Ray as a worker has."""
     code = ("import json, sys, ray._private.worker\n"
+            "sources = []\n"
+            "sys.addaudithook(lambda event, args: sources.append(args[1])\n"
+            "                 if event == 'compile' and args[1] == '<string>' else None)\n"
             "from ray_numa import worker\n"
             "from ray_numa.binding import process_binder\n"
             "from ray_numa.options import parse\n"
             "import ray_numa.follow, ray_numa.gpu_table\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ray_numa'))))\n")
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
-                                       capture_output=True, text=True).stdout)
+            "print(json.dumps([len(sources),\n"
+            "                  sorted(m for m in sys.modules if m.startswith('ray_numa'))]))\n")
+    compiled, loaded = json.loads(subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
     assert "ray_numa.policy" in loaded and "ray_numa.apply" in loaded
-    built = sorted(f"{name}.{cls.__name__}" for name in loaded
-                   for cls in vars(importlib.import_module(name)).values()
-                   if inspect.isclass(cls) and cls.__module__ == name
-                   and dataclasses.is_dataclass(cls))
-    assert built == []
-    from ray_numa.binding import Binding
-    from ray_numa.options import BindOptions
-    from ray_numa.policy import Plan
-    assert all(issubclass(cls, tuple) and cls._fields for cls in (BindOptions, Binding, Plan))
+    classes = [cls for name in loaded for cls in vars(importlib.import_module(name)).values()
+               if inspect.isclass(cls) and cls.__module__ == name]
+    assert not [cls for cls in classes if dataclasses.is_dataclass(cls)]
+    values = [cls for cls in classes if issubclass(cls, tuple)]
+    assert {cls.__name__ for cls in values} >= {"BindOptions", "Binding", "Plan", "Skip",
+                                                "Target", "Applied"}
+    assert compiled == len(values)          # namedtuple's __new__, once per class
+    for cls in values + [topology.NumaNode, topology.Allowed, gpus.Gpu]:
+        assert cls.__bases__[0].__bases__ == (tuple,), cls     # a namedtuple subclass
+        assert tuple(cls.__annotations__) == cls._fields, cls  # documents every field
+        assert cls.__slots__ == (), cls                         # no per-instance dict
