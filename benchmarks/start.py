@@ -1,9 +1,13 @@
 """Creation to first method call of a batch of actors, with and without numa_bind,
 on one real local Ray cluster.
 
-A comparison is a pair of sides (say "GPU auto" and "GPU off"). In every round both
-sides start a batch, one right after the other, and the order flips each round
-(A B, B A, ...), so a drift in the machine's speed does not favour one side. Each
+A comparison is a pair of sides (say "GPU auto" and "GPU off"). In every round each
+side starts a batch, one after the other, in an order from a Williams design
+(:func:`order`): over ``len(sides)`` rounds every side starts once in each place and
+right after each other side once, so neither a drift in the machine's speed nor what
+the previous batch left behind favours one side. (Flipping each pair and rotating the
+pairs in step, as before, put "GPU auto" and "CPU off" always first or last in a
+round and their partners always in the middle.) Each
 (round, side) gets its own ``env_vars`` value: a distinct runtime_env, so no side
 can reuse a worker another one started. The two sides are not started together:
 the raylet starts only as many workers at once as the machine has CPUs, and
@@ -93,26 +97,26 @@ def run(pairs: Sequence[Tuple[str, str]], sides: Mapping[str, Side], actors: int
         warm = Actor.options(num_gpus=0).remote()   # the agent and raylet are up
         ray.get(warm.first.remote(), timeout=600)
         ray.kill(warm)
+        names = [name for pair in pairs for name in pair]
         for r in range(rounds):
-            for pair in _rotate(list(pairs), r):
-                for name in (pair if r % 2 == 0 else tuple(reversed(pair))):
-                    side = sides[name]
-                    env = dict(side.runtime_env)
-                    env["env_vars"] = {"BENCH_ROUND": f"{r}-{name}"}
-                    t0 = time.perf_counter()
-                    handles = [Actor.options(num_gpus=side.num_gpus, runtime_env=env).remote()
-                               for _ in range(actors)]
-                    firsts = ray.get([h.first.remote() for h in handles], timeout=600)
-                    out.seconds[name].append(time.perf_counter() - t0)
-                    out.cpu[name].append(statistics.mean(cpu for _, cpu, _ in firsts))
-                    out.pids[name] += [pid for pid, _, _ in firsts]
-                    out.faults[name] += [faults for _, _, faults in firsts]
-                    seen = set(ray.get([h.status.remote() for h in handles], timeout=600))
-                    if seen != {(side.wrapped, side.bound)}:
-                        raise AssertionError(f"{name}: actors report (wrapped, bound) {seen}")
-                    for h in handles:
-                        ray.kill(h)
-                    _exited(pids=[pid for pid, _, _ in firsts])
+            for name in order(names, r):
+                side = sides[name]
+                env = dict(side.runtime_env)
+                env["env_vars"] = {"BENCH_ROUND": f"{r}-{name}"}
+                t0 = time.perf_counter()
+                handles = [Actor.options(num_gpus=side.num_gpus, runtime_env=env).remote()
+                           for _ in range(actors)]
+                firsts = ray.get([h.first.remote() for h in handles], timeout=600)
+                out.seconds[name].append(time.perf_counter() - t0)
+                out.cpu[name].append(statistics.mean(cpu for _, cpu, _ in firsts))
+                out.pids[name] += [pid for pid, _, _ in firsts]
+                out.faults[name] += [faults for _, _, faults in firsts]
+                seen = set(ray.get([h.status.remote() for h in handles], timeout=600))
+                if seen != {(side.wrapped, side.bound)}:
+                    raise AssertionError(f"{name}: actors report (wrapped, bound) {seen}")
+                for h in handles:
+                    ray.kill(h)
+                _exited(pids=[pid for pid, _, _ in firsts])
     return out
 
 
@@ -130,7 +134,12 @@ def _exited(pids: Sequence[int], timeout: float = 30) -> None:
     time.sleep(0.2)
 
 
-def _rotate(items: List, r: int) -> List:
-    """Rotate the comparisons each round, so none is always first after a pause."""
-    k = r % len(items) if items else 0
-    return items[k:] + items[:k]
+def order(names: Sequence[str], r: int) -> List[str]:
+    """Round ``r``'s order of an even number of sides: row ``r mod n`` of a Williams
+    Latin square (first row 0, 1, n-1, 2, n-2, ...; each next row adds 1 mod n), in
+    which every side takes each place once and follows every other side once."""
+    n = len(names)
+    if n % 2:
+        raise ValueError("a Williams square of this form needs an even number of sides")
+    first = [0] + [(k + 1) // 2 if k % 2 else n - k // 2 for k in range(1, n)]
+    return [names[(i + r) % n] for i in first]

@@ -38,3 +38,18 @@ def test_verdict_says_when_the_interval_spans_the_target():
     assert run._verdict(1.05, 1.03, 1.07, 1.02) == "FAIL"
     assert run._verdict(1.01, 0.99, 1.03, 1.02) == "PASS (the CI spans 1.02)"
     assert run._verdict(1.03, 1.00, 1.05, 1.02) == "FAIL (the CI spans 1.02)"
+
+
+def test_order_is_a_williams_square():
+    """Every side starts once in each place, and right after each other side once,
+    over len(sides) rounds; two sides alternate A B, B A."""
+    names = ["GPU auto", "GPU off", "CPU auto", "CPU off"]
+    rows = [start.order(names, r) for r in range(4)]
+    assert rows[0] == ["GPU auto", "GPU off", "CPU off", "CPU auto"]
+    for place in range(4):
+        assert sorted(row[place] for row in rows) == sorted(names)
+    follows = [(row[i], row[i + 1]) for row in rows for i in range(3)]
+    assert len(follows) == len(set(follows)) == 4 * 3        # each ordered pair once
+    assert start.order(names, 5) == rows[1]
+    assert [start.order(["a", "b"], r) for r in range(3)] == [["a", "b"], ["b", "a"],
+                                                              ["a", "b"]]
