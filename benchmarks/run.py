@@ -1,7 +1,7 @@
 """ray-numa benchmarks: one command, one markdown table, every pair measured side by
 side in the same run.
 
-    python benchmarks/run.py [--actors 4] [--rounds 12] [--no-vm] [--no-ray]
+    python benchmarks/run.py [--actors 4] [--rounds 16] [--no-vm] [--no-ray]
 
 Two machines, both printed:
 * **DGX H100 fixture** (224 CPUs, 2 nodes, 8 GPUs): topology and NVML come from the
@@ -13,8 +13,9 @@ Two machines, both printed:
 Rows: files a worker's first bind opens (audit hook on "open": a count, noise-free)
 and its wall time; the bootstrap's import cost (``-X importtime``); actors' creation
 to first call with vs without numa_bind (GPU actors, and CPU-only actors under
-job-level "auto"), median of per-round ratios over rounds that flip the order and
-give each side a fresh runtime_env, with a distribution-free 95 % CI; the same
+job-level "auto"), median of per-round ratios over rounds whose order balances
+place and predecessor (a Williams square) and give each side a fresh runtime_env,
+with a distribution-free 95 % CI; the same
 workers' main-thread instructions from exec to first call (callgrind: a count, so
 noise-free; needs valgrind); nvmlInit calls per worker, counted by the fake NVML;
 page locality in the 2-node VM; pinned H2D bandwidth where CUDA exists.
@@ -205,7 +206,8 @@ def bench_locality() -> List[Row]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--actors", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=16,
+                    help="a multiple of 4: whole cycles of the 4-side order")
     ap.add_argument("--no-vm", action="store_true")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray cluster rows")
     args = ap.parse_args()
