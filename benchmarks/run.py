@@ -1,7 +1,7 @@
 """ray-numa benchmarks: one command, one markdown table, every pair measured side by
 side in the same run.
 
-    python benchmarks/run.py [--actors 4] [--rounds 16] [--no-vm] [--no-ray]
+    python benchmarks/run.py [--actors 4] [--rounds 18] [--no-vm] [--no-ray]
 
 Two machines, both printed:
 * **DGX H100 fixture** (224 CPUs, 2 nodes, 8 GPUs): topology and NVML come from the
@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -101,17 +101,25 @@ def bench_start(dgx: Path, real: Path, actors: int, rounds: int) -> List[Row]:
     log = dgx.parent / "nvml-inits"
     os.environ[environment.FAKE_NVML_LOG_ENV] = str(log)
     # DGX: job-level "auto" (vLLM's case); "off" per actor is the without-side
+    # and "off again", the same as "off": an A/A control, what noise alone prints
+    gpu_off = start.Side(1, {"numa_bind": "off"}, wrapped=False, bound=False)
+    cpu_off = start.Side(0, {"numa_bind": "off"}, wrapped=False, bound=False)
     sides = {"GPU auto": start.Side(1, {}, wrapped=True, bound=True),
-             "GPU off": start.Side(1, {"numa_bind": "off"}, wrapped=False, bound=False),
+             "GPU off": gpu_off, "GPU off again": gpu_off,
              "CPU auto": start.Side(0, {}, wrapped=True, bound=False),
-             "CPU off": start.Side(0, {"numa_bind": "off"}, wrapped=False, bound=False)}
-    t = start.run([("GPU auto", "GPU off"), ("CPU auto", "CPU off")], sides, actors,
+             "CPU off": cpu_off, "CPU off again": cpu_off}
+    t = start.run([("GPU auto", "GPU off"), ("CPU auto", "CPU off"),
+                   ("GPU off again", "GPU off"), ("CPU off again", "CPU off")], sides, actors,
                   rounds, dgx, num_gpus=8, job_runtime_env={"numa_bind": "auto"})
     for kind, limit in (("GPU", 1.02), ("CPU", 1.01)):
         what = ("GPU actors (1 GPU each)" if kind == "GPU"
                 else "CPU-only actors, job-level auto")
         rows += _start_rows(t, f"{kind} auto", f"{kind} off",
                             f"{actors} {what}, auto / off", DGX, limit)
+    for kind in ("GPU", "CPU"):
+        rows += _start_rows(t, f"{kind} off again", f"{kind} off",
+                            f"A/A control: {actors} {kind} actors without numa_bind, "
+                            "one batch / another (the instrument's noise alone)", DGX, None)
     rows += _nvml_rows(log, t.pids["GPU auto"], DGX)
     log.write_text("")
     opts = {"numa_bind": {"cpus": sorted(os.sched_getaffinity(0))}}
@@ -132,20 +140,22 @@ def _verdict(median: float, lo: float, hi: float, limit: float) -> str:
 
 
 def _start_rows(t: "start.Timings", side: str, base: str, what: str, where: str,
-                limit: float) -> List[Row]:
+                limit: Optional[float]) -> List[Row]:
+    """Wall and CPU ratio rows (and page faults); ``limit`` None: a control, no verdict."""
     wall, cpu = t.ratio(side, base), t.ratio(side, base, cpu=True)
     added = (t.median(side, cpu=True) - t.median(base, cpu=True)) * 1e3
     lo, hi = t.interval(side, base)
     clo, chi = t.interval(side, base, cpu=True)
     faults, base_faults = (statistics.median(t.faults[s]) for s in (side, base))
+    target = "" if limit is None else f"<= {limit}"
     return [(f"{what}: creation to first call (wall)", where,
              f"{t.median(side):.2f} s / {t.median(base):.2f} s: {wall:.3f} "
              f"(95 % CI {lo:.3f} to {hi:.3f}, {len(t.ratios(side, base))} rounds)",
-             f"<= {limit}", _verdict(wall, lo, hi, limit)),
+             target, "" if limit is None else _verdict(wall, lo, hi, limit)),
             ("  worker CPU time to first call", where,
              f"{t.median(side, cpu=True) * 1e3:.0f} ms / {t.median(base, cpu=True) * 1e3:.0f}"
              f" ms: {cpu:.3f} (95 % CI {clo:.3f} to {chi:.3f}; {added:+.0f} ms per worker)",
-             f"<= {limit}", _verdict(cpu, clo, chi, limit)),
+             target, "" if limit is None else _verdict(cpu, clo, chi, limit)),
             ("  minor page faults to first call (median per worker)", where,
              f"{faults:.0f} / {base_faults:.0f}: {faults - base_faults:+.0f}", "", "")]
 
@@ -206,8 +216,8 @@ def bench_locality() -> List[Row]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--actors", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=16,
-                    help="a multiple of 4: whole cycles of the 4-side order")
+    ap.add_argument("--rounds", type=int, default=18,
+                    help="a multiple of 6: whole cycles of the 6-side order")
     ap.add_argument("--no-vm", action="store_true")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray cluster rows")
     args = ap.parse_args()

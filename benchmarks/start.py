@@ -97,7 +97,7 @@ def run(pairs: Sequence[Tuple[str, str]], sides: Mapping[str, Side], actors: int
         warm = Actor.options(num_gpus=0).remote()   # the agent and raylet are up
         ray.get(warm.first.remote(), timeout=600)
         ray.kill(warm)
-        names = [name for pair in pairs for name in pair]
+        names = list(dict.fromkeys(name for pair in pairs for name in pair))
         for r in range(rounds):
             for name in order(names, r):
                 side = sides[name]
