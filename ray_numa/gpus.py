@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 from collections import namedtuple
+from pathlib import Path
 from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 from . import environment

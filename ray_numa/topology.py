@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from pathlib import Path
 from collections import namedtuple
+from pathlib import Path
 from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional,
                     Tuple)
 
