@@ -49,8 +49,7 @@ def test_rays_default_worker_runs_as_its_module_from_bytecode(tmp_path):
     script.write_text(SCRIPT.replace("import ray._private.worker", "import ray")
                       + "print(json.dumps([__spec__ and __spec__.name, __cached__]))\n")
     compileall.compile_dir(str(tmp_path / "site"), quiet=1)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(tmp_path / "site"), os.environ.get("PYTHONPATH")) if p))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
     runs = [subprocess.run([sys.executable, *argv, str(script), "--flag", "x y"],
                            capture_output=True, text=True, env=env, timeout=60)
             for argv in ([BOOT_SCRIPT], [])]
