@@ -1,6 +1,4 @@
 """The worker bootstrap the plugin puts before default_worker.py, run for real."""
-import compileall
-import importlib.util
 import json
 import os
 import subprocess
@@ -35,40 +33,6 @@ def test_runs_the_worker_script_as_python_would(tmp_path):
     assert seen == direct
     assert seen["argv"] == [str(script), "--flag", "x y"] and seen["name"] == "__main__"
     assert str(tmp_path) in seen["path"] and seen["boot_error"] is None
-
-
-def test_rays_default_worker_runs_as_its_module_from_bytecode(tmp_path):
-    """Ray's ``default_worker.py`` runs as ``ray._private.workers.default_worker``, so
-    it loads from Ray's ``__pycache__`` instead of being compiled in every worker; its
-    ``__name__``, argv and path are what ``python default_worker.py`` gives it."""
-    workers = tmp_path / "site" / "ray" / "_private" / "workers"
-    workers.mkdir(parents=True)
-    for package in (workers.parent.parent, workers.parent, workers):
-        (package / "__init__.py").write_text("")
-    script = workers / "default_worker.py"
-    script.write_text(SCRIPT.replace("import ray._private.worker", "import ray")
-                      + "print(json.dumps([__spec__ and __spec__.name, __cached__]))\n")
-    compileall.compile_dir(str(tmp_path / "site"), quiet=1)
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
-    runs = [subprocess.run([sys.executable, *argv, str(script), "--flag", "x y"],
-                           capture_output=True, text=True, env=env, timeout=60)
-            for argv in ([BOOT_SCRIPT], [])]
-    assert [p.returncode for p in runs] == [0, 0], runs[0].stderr
-    (seen, module), (direct, as_script) = (
-        [json.loads(line) for line in p.stdout.splitlines()[-2:]] for p in runs)
-    assert seen == direct and seen["name"] == "__main__"
-    assert seen["argv"] == [str(script), "--flag", "x y"] and str(workers) == seen["path"][0]
-    assert module == ["ray._private.workers.default_worker",
-                      importlib.util.cache_from_source(str(script))]
-    assert as_script == [None, None]          # what a plain script run has
-    sys.path.insert(0, str(Path(BOOT_SCRIPT).parent))
-    try:
-        from ray_numa_boot import module_of
-        import ray._private.workers.default_worker as real   # this machine's Ray
-        assert module_of(real.__file__) == "ray._private.workers.default_worker"
-        assert module_of(str(tmp_path / "worker_main.py")) is None
-    finally:
-        sys.path.remove(str(Path(BOOT_SCRIPT).parent))
 
 
 def test_worker_without_ray_numa_starts_unbound_with_a_warning(tmp_path):

@@ -139,26 +139,6 @@ def on_ray_worker_module(module, worker, message):
     module.connect = connect_then_log
 
 
-def module_of(script):
-    """The module ``script`` is, if it lies in the Ray package found on ``sys.path``
-    (``default_worker.py``: ``ray._private.workers.default_worker``); else None.
-
-    Run as that module it loads from Ray's bytecode (its ``__pycache__``), where a
-    script is parsed and compiled in every worker: ~8 M instructions, ~3 ms, for
-    ``default_worker.py`` in Ray 2.60. (``runpy.run_path`` also imports ``pkgutil``,
-    which a plain worker never loads: ~1.5 M more.)
-    """
-    spec = importlib.machinery.PathFinder.find_spec("ray")     # imports nothing
-    if spec is None or not spec.submodule_search_locations or not script.endswith(".py"):
-        return None
-    package = os.path.realpath(spec.submodule_search_locations[0])
-    path = os.path.realpath(script)[:-3]
-    if not path.startswith(package + os.sep):
-        return None
-    parts = os.path.relpath(path, os.path.dirname(package)).split(os.sep)
-    return ".".join(parts) if all(p.isidentifier() for p in parts) else None
-
-
 def prepare():
     """Set the worker up and return the script to run (``default_worker.py``)."""
     script = sys.argv[1]
