@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-# What ray_numa_boot.py imports before it hands over to default_worker.py, in order.
-BOOT_IMPORTS = "import os, runpy, sys; from ray_numa import worker; import ray._private.worker"
+# What the bootstrap imports before it hands over to default_worker.py, in order (boot.py
+# finds ray_numa_boot through its own directory, sys.path[0]).
+BOOT_IMPORTS = (f"import sys; sys.path.insert(0, {str(ROOT / 'ray_numa' / '_boot')!r}); "
+                "import ray_numa_boot; from ray_numa import worker; import ray._private.worker")
 RAY_IMPORTS = "import ray._private.worker"     # default_worker.py's first import
 
 

@@ -10,9 +10,14 @@ import pytest
 from ray_numa.plugin import BOOT_SCRIPT
 
 
-SCRIPT = ("import json, os, sys\n"
+SCRIPT = ("names = sorted(globals())\n"
+          "import json, os, sys\n"
           "import ray._private.worker   # default_worker.py's first import\n"
           "print(json.dumps({'argv': sys.argv, 'path': sys.path, 'name': __name__,"
+          " 'globals': names, 'file': __file__, 'cached': __cached__, 'spec': __spec__,"
+          " 'package': __package__, 'main': sys.modules['__main__'].__dict__ is globals(),"
+          " 'loader': [type(__loader__).__name__, __loader__.name, __loader__.path],"
+          " 'modules': sorted(sys.modules),"
           " 'boot_error': os.environ.get('RAY_NUMA_BOOT_ERROR')}))\n")
 
 
@@ -28,11 +33,18 @@ def boot(tmp_path, env=None, wrapped=True):
 
 
 def test_runs_the_worker_script_as_python_would(tmp_path):
+    """argv, sys.path, and the script's ``__main__`` namespace as ``python script``
+    gives them; the only modules added are ray_numa's (not runpy's pkgutil, which
+    ``runpy.run_path`` imports and a plain worker never loads)."""
     script, seen, _ = boot(tmp_path)
     _, direct, _ = boot(tmp_path, wrapped=False)
+    added = set(seen.pop("modules")) - set(direct.pop("modules"))
     assert seen == direct
     assert seen["argv"] == [str(script), "--flag", "x y"] and seen["name"] == "__main__"
+    assert seen["file"] == str(script) and seen["main"] and seen["loader"][2] == str(script)
     assert str(tmp_path) in seen["path"] and seen["boot_error"] is None
+    assert added and all(m.split(".")[0] in ("ray_numa", "ray_numa_boot") for m in added), \
+        sorted(added)
 
 
 def test_worker_without_ray_numa_starts_unbound_with_a_warning(tmp_path):
