@@ -21,9 +21,10 @@ SCRIPT = ("names = sorted(globals())\n"
           " 'boot_error': os.environ.get('RAY_NUMA_BOOT_ERROR')}))\n")
 
 
-def boot(tmp_path, env=None, wrapped=True):
+def boot(tmp_path, env=None, wrapped=True, write=True):
     script = tmp_path / "worker_main.py"
-    script.write_text(SCRIPT)
+    if write:
+        script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, *([BOOT_SCRIPT] if wrapped else []), str(script),
                            "--flag", "x y"],
                           capture_output=True, text=True, env=dict(os.environ, **(env or {})),
@@ -45,6 +46,44 @@ def test_runs_the_worker_script_as_python_would(tmp_path):
     assert str(tmp_path) in seen["path"] and seen["boot_error"] is None
     assert added and all(m.split(".")[0] in ("ray_numa", "ray_numa_boot") for m in added), \
         sorted(added)
+
+
+# Installed on the worker's interpreter (sitecustomize, before any script runs): lists
+# the files compile() is asked to compile, in the file RAY_NUMA_TEST_COMPILED names.
+AUDIT_COMPILES = ("import os, sys\n"
+                  "def hook(event, args, out=os.environ['RAY_NUMA_TEST_COMPILED']):\n"
+                  "    if event == 'compile' and args[1]:\n"
+                  "        with open(out, 'a') as f:\n"
+                  "            f.write(str(args[1]) + '\\n')\n"
+                  "sys.addaudithook(hook)\n")
+
+
+def test_the_worker_script_runs_from_its_valid_bytecode_not_compiled(tmp_path):
+    """``default_worker.py``'s bytecode, written when Ray was installed, is what the
+    bootstrap runs (``python default_worker.py`` compiles it in every worker, ~8 M
+    instructions); bytecode that no longer matches the source is not used."""
+    import py_compile
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(AUDIT_COMPILES)
+    compiled = tmp_path / "compiled"
+    env = {"RAY_NUMA_TEST_COMPILED": str(compiled), "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    script = tmp_path / "worker_main.py"
+    script.write_text(SCRIPT)
+    py_compile.compile(str(script), doraise=True)     # as pip does on install
+    _, seen, _ = boot(tmp_path, env=env, write=False)
+    assert seen["name"] == "__main__"
+    assert str(script) not in compiled.read_text().split()
+
+    script.write_text(SCRIPT + "print('edited')\n")    # the bytecode is now stale
+    compiled.write_text("")
+    proc = subprocess.run([sys.executable, BOOT_SCRIPT, str(script)], capture_output=True,
+                          text=True, env=dict(os.environ, **env), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "edited"
+    assert compiled.read_text().split().count(str(script)) == 1
 
 
 def test_worker_without_ray_numa_starts_unbound_with_a_warning(tmp_path):

@@ -3,11 +3,10 @@
 The work is in ``ray_numa_boot`` beside this file (found through the script's own
 directory, ``sys.path[0]``): a module loads from bytecode, while a script's source is
 parsed and compiled in every worker (about 5 million instructions, ~1.5 ms, when the
-whole bootstrap was the script). The worker's script is executed here, at module
-level, in this ``__main__``'s namespace, as ``python default_worker.py`` would run it:
-run from inside a function (``runpy.run_path`` called in ``ray_numa_boot``), the same
-worker took 800 to 950 more minor page faults (measured with ``getrusage`` in real Ray
-workers).
+whole bootstrap was the script). The worker's script runs here, at module level, in
+this ``__main__``'s namespace, as ``python default_worker.py`` runs it. (Run from inside
+a function, by ``runpy.run_path`` called in ``ray_numa_boot``, the same worker took 800
+to 950 more minor page faults; measured with ``getrusage`` in real Ray workers.)
 """
 import ray_numa_boot
 

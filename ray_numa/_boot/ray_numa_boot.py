@@ -15,7 +15,6 @@ that it loads from bytecode) between the worker's interpreter and Ray's
   ``worker-*.err``, so messages are written after ``connect`` returns.
 """
 import importlib.machinery
-import io
 import os
 import sys
 
@@ -159,22 +158,25 @@ def prepare():
 
 
 def main_code(namespace):
-    """Set the worker up; return the script's code, compiled as ``python script``
-    compiles it, with ``namespace`` (``__main__``'s) made what that gives a script.
+    """Set the worker up; return the script's code, with ``namespace`` (``__main__``'s)
+    made what ``python script`` gives a script.
 
-    Not ``runpy.run_path``: it imports ``pkgutil`` (~1 M instructions, 0.4 ms per
-    worker), which a plain worker never loads, and runs the script in a stand-in
-    ``__main__`` module.
+    The code comes from the script's bytecode in ``__pycache__`` (written when Ray was
+    installed) where ``SourceFileLoader`` finds it valid for the source, as an import
+    would; else the source is compiled, as Python compiles a script. ``python
+    default_worker.py`` compiles it in every worker: ~8 M instructions, more than
+    ray_numa's whole bootstrap. Not ``runpy.run_path``: it compiles the script too,
+    imports ``pkgutil`` (~1 M instructions), which a plain worker never loads, and runs
+    the script in a stand-in ``__main__`` module.
     """
     script = prepare()
-    with io.open_code(script) as f:
-        code = compile(f.read(), script, "exec", dont_inherit=True)
+    loader = importlib.machinery.SourceFileLoader("__main__", script)
+    code = loader.get_code("__main__")
     builtins = namespace["__builtins__"]
     namespace.clear()
     namespace.update(__name__="__main__", __doc__=None, __package__=None,
-                     __loader__=importlib.machinery.SourceFileLoader("__main__", script),
-                     __spec__=None, __annotations__={}, __builtins__=builtins,
-                     __file__=script, __cached__=None)
+                     __loader__=loader, __spec__=None, __annotations__={},
+                     __builtins__=builtins, __file__=script, __cached__=None)
     return code
 
 
