@@ -5,7 +5,10 @@ the NUMA node nearest the GPU(s) Ray assigned it. See README.md.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .binding import Binding
 
 
 __version__ = "0.1.0"

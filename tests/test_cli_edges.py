@@ -61,7 +61,7 @@ def test_version_and_an_example_per_subcommand():
     assert ray_numa("--version").stdout.startswith(f"ray-numa {__version__} (Ray ")
     for sub in ("show", "exec", "env", "resources", "audit"):
         text = ray_numa(sub, "--help").stdout
-        assert f"example:\n  " in text and "ray-numa" in text.split("example:")[1], sub
+        assert "example:\n  " in text and "ray-numa" in text.split("example:")[1], sub
 
 
 def test_resources_labels_count_only_nodes_with_cpus_or_memory(machine_tree):

@@ -57,7 +57,7 @@ def test_the_supported_ray_range_is_the_two_releases_ci_runs():
     oldest = re.search(r"^OLDEST_RAY=(\d+)\.(\d+)\.\d+$", ci, re.M)
     assert oldest, "no OLDEST_RAY=X.Y.Z in .ci/run"
     low = f"{oldest[1]}.{oldest[2]}"
-    assert f'"$venv/bin/python" -m pip install -q "ray[default,serve]==$OLDEST_RAY"' in ci
+    assert '"$venv/bin/python" -m pip install -q "ray[default,serve]==$OLDEST_RAY"' in ci
     pyproject = (REPO / "pyproject.toml").read_text()
     ranges = re.findall(r'"ray(?:\[\w+\])?(>=[\d.]+,<[\d.]+)"', pyproject)
     assert len(ranges) == 4 and set(ranges) == {f">={low},<2.61"}, ranges

@@ -37,7 +37,7 @@ class device:
             raise RuntimeError(f"Expected one of cpu, cuda, meta device type at start of "
                                f"device string: {type}")
         if index is not None and index < 0:
-            raise RuntimeError(f"Device index must not be negative")
+            raise RuntimeError("Device index must not be negative")
         self.type, self.index = type, index
 
     def __eq__(self, other: Any) -> bool:
