@@ -208,9 +208,9 @@ def test_rebind_on_the_real_kernel_moves_every_thread(machine_tree):
 
 
 def _real_torch_python():
-    """An interpreter with the real torch: this one, or /work/wt/venv-torch's."""
-    for python in (sys.executable, os.environ.get("RAY_NUMA_TORCH_PYTHON", ""),
-                   "/work/wt/venv-torch/bin/python"):
+    """An interpreter with the real torch: this one, or the one RAY_NUMA_TORCH_PYTHON
+    names (``.ci/run`` makes one where a CPU build of torch is at hand)."""
+    for python in (sys.executable, os.environ.get("RAY_NUMA_TORCH_PYTHON", "")):
         if python and Path(python).exists() and subprocess.run(
                 [python, "-c", "import torch"], capture_output=True,
                 env=dict(os.environ, PYTHONPATH="")).returncode == 0:
