@@ -162,7 +162,8 @@ def _start_rows(t: "start.Timings", side: str, base: str, what: str, where: str,
 
 def bench_instructions(dgx: Path) -> List[Row]:
     """The noise-free counterpart of the start rows: what ray-numa adds to a real
-    worker's main thread, in instructions, on the DGX fixture under job-level auto."""
+    worker's main thread, in instructions, on the DGX fixture under job-level auto; net
+    of ``default_worker.py``'s compile, which a wrapped worker skips (ray_numa_boot.py)."""
     what = "instructions on a worker's main thread, exec to first call (callgrind)"
     if not instructions.available():
         return [(what, DGX, "n/a", "", "needs valgrind")]
@@ -176,8 +177,8 @@ def bench_instructions(dgx: Path) -> List[Row]:
     rows: List[Row] = [(f"{what}: GPU actor, numa_bind off", DGX,
                         f"{mega(counts['GPU off'])} ({len(counts['GPU off'])} workers)",
                         "", "")]
-    for name, label in (("GPU auto", "GPU actor, auto (bootstrap, binding code, bind)"),
-                        ("CPU auto", "CPU-only actor, job-level auto (bootstrap only)")):
+    for name, label in (("GPU auto", "GPU actor, auto (bootstrap, binding code, bind; no script compile)"),
+                        ("CPU auto", "CPU-only actor, job-level auto (bootstrap only; no script compile)")):
         added = min(counts[name]) - base
         rows.append((f"  {label}", DGX, f"{mega(counts[name])}: {added / 1e6:+.1f} M "
                      f"({added / base * 100:+.2f} % of the main thread's)", "", ""))

@@ -163,7 +163,8 @@ def main_code(namespace):
 
     The code comes from the script's bytecode in ``__pycache__`` (written when Ray was
     installed) where ``SourceFileLoader`` finds it valid for the source, as an import
-    would; else the source is compiled, as Python compiles a script. ``python
+    would; else the source is compiled, as Python compiles a script, and the bytecode
+    cached as an import caches it (unless Python writes no bytecode). ``python
     default_worker.py`` compiles it in every worker: ~8 M instructions, more than
     ray_numa's whole bootstrap. Not ``runpy.run_path``: it compiles the script too,
     imports ``pkgutil`` (~1 M instructions), which a plain worker never loads, and runs
