@@ -33,12 +33,15 @@ def boot(tmp_path, env=None, wrapped=True, write=True):
     return script, json.loads(proc.stdout.splitlines()[-1]), proc.stderr
 
 
-def test_runs_the_worker_script_as_python_would(tmp_path):
+@pytest.mark.parametrize("spec", [None, '{"node": "auto"}'])
+def test_runs_the_worker_script_as_python_would(tmp_path, spec):
     """argv, sys.path, and the script's ``__main__`` namespace as ``python script``
     gives them; the only modules added are ray_numa's (not runpy's pkgutil, which
-    ``runpy.run_path`` imports and a plain worker never loads)."""
-    script, seen, _ = boot(tmp_path)
-    _, direct, _ = boot(tmp_path, wrapped=False)
+    ``runpy.run_path`` imports and a plain worker never loads), also for an "auto"
+    worker with Ray's hooks wrapped (a CPU-only one stays so)."""
+    env = {"RAY_NUMA_SPEC": spec} if spec else {}
+    script, seen, _ = boot(tmp_path, env=env)
+    _, direct, _ = boot(tmp_path, env=env, wrapped=False)
     added = set(seen.pop("modules")) - set(direct.pop("modules"))
     assert seen == direct
     assert seen["argv"] == [str(script), "--flag", "x y"] and seen["name"] == "__main__"
