@@ -177,8 +177,9 @@ def bench_instructions(dgx: Path) -> List[Row]:
     rows: List[Row] = [(f"{what}: GPU actor, numa_bind off", DGX,
                         f"{mega(counts['GPU off'])} ({len(counts['GPU off'])} workers)",
                         "", "")]
-    for name, label in (("GPU auto", "GPU actor, auto (bootstrap, binding code, bind; no script compile)"),
-                        ("CPU auto", "CPU-only actor, job-level auto (bootstrap only; no script compile)")):
+    for name, label in (
+            ("GPU auto", "GPU actor, auto (bootstrap, binding code, bind; no script compile)"),
+            ("CPU auto", "CPU-only actor, job-level auto (bootstrap only; no script compile)")):
         added = min(counts[name]) - base
         rows.append((f"  {label}", DGX, f"{mega(counts[name])}: {added / 1e6:+.1f} M "
                      f"({added / base * 100:+.2f} % of the main thread's)", "", ""))

@@ -179,7 +179,3 @@ def main_code(namespace):
                      __loader__=loader, __spec__=None, __annotations__={},
                      __builtins__=builtins, __file__=script, __cached__=None)
     return code
-
-
-if __name__ == "__main__":
-    exec(main_code(globals()), globals())
