@@ -17,6 +17,7 @@ SCRIPT = ("names = sorted(globals())\n"
           " 'globals': names, 'file': __file__, 'cached': __cached__, 'spec': __spec__,"
           " 'package': __package__, 'main': sys.modules['__main__'].__dict__ is globals(),"
           " 'loader': [type(__loader__).__name__, __loader__.name, __loader__.path],"
+          " 'code': sys._getframe().f_code.co_filename,"
           " 'modules': sorted(sys.modules),"
           " 'boot_error': os.environ.get('RAY_NUMA_BOOT_ERROR')}))\n")
 
@@ -49,6 +50,28 @@ def test_runs_the_worker_script_as_python_would(tmp_path, spec):
     assert str(tmp_path) in seen["path"] and seen["boot_error"] is None
     assert added and all(m.split(".")[0] in ("ray_numa", "ray_numa_boot") for m in added), \
         sorted(added)
+
+
+def test_a_relative_or_symlinked_script_gets_what_python_gives_it(tmp_path):
+    """CPython makes a script's ``__file__`` (and its code's file name) absolute, keeps
+    ``sys.argv[0]`` as given, and puts the script's directory with symlinks resolved
+    first on ``sys.path`` (``_PyPathConfig_ComputeSysPath0`` in CPython's
+    ``Python/pathconfig.c``: ``realpath`` of the script): the bootstrap does the same,
+    checked against the real ``python script`` here."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "worker_main.py").write_text(SCRIPT)
+    (tmp_path / "link").symlink_to(real / "worker_main.py")
+    for name in ("real/worker_main.py", "link"):
+        runs = [subprocess.run([sys.executable, *argv, name], capture_output=True, text=True,
+                               cwd=tmp_path, timeout=60) for argv in ([BOOT_SCRIPT], [])]
+        assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+        seen, direct = (json.loads(r.stdout.splitlines()[-1]) for r in runs)
+        seen.pop("modules"), direct.pop("modules")
+        assert seen == direct
+        assert seen["argv"] == [name] and seen["file"] == str(tmp_path / name)
+        assert str(real) in seen["path"] and str(tmp_path) not in seen["path"]
+        assert seen["code"] == seen["file"]
 
 
 # Installed on the worker's interpreter (sitecustomize, before any script runs): lists

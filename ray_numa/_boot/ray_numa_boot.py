@@ -142,8 +142,9 @@ def prepare():
     """Set the worker up and return the script to run (``default_worker.py``)."""
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
-    # Look like `python default_worker.py`: its directory first on the path.
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    # Look like `python default_worker.py`: its directory, symlinks resolved, first on
+    # the path (as CPython's pathconfig computes sys.path[0] for a script).
+    sys.path[0] = os.path.dirname(os.path.realpath(script))
     worker, message = load_ray_numa()
     hook = lambda module: on_ray_worker_module(module, worker, message)  # noqa: E731
     if RAY_WORKER_MODULE in sys.modules:    # imported early (sitecustomize, a .pth)
@@ -170,7 +171,7 @@ def main_code(namespace):
     imports ``pkgutil`` (~1 M instructions), which a plain worker never loads, and runs
     the script in a stand-in ``__main__`` module.
     """
-    script = prepare()
+    script = os.path.abspath(prepare())     # as Python makes a script's __file__
     loader = importlib.machinery.SourceFileLoader("__main__", script)
     code = loader.get_code("__main__")
     builtins = namespace["__builtins__"]
