@@ -74,6 +74,19 @@ def test_a_relative_or_symlinked_script_gets_what_python_gives_it(tmp_path):
         assert seen["code"] == seen["file"]
 
 
+def test_a_safe_path_python_starts_the_worker_with_the_path_python_gives(tmp_path):
+    """``python -P`` / ``PYTHONSAFEPATH`` (3.11+) puts no script directory on
+    ``sys.path``: the bootstrap still finds its module, and the worker's path is the
+    one ``python -P default_worker.py`` has (it failed to start before)."""
+    env = {"PYTHONSAFEPATH": "1"}
+    _, seen, _ = boot(tmp_path, env=env)
+    _, direct, _ = boot(tmp_path, env=env, wrapped=False)
+    seen.pop("modules"), direct.pop("modules")
+    assert seen == direct and seen["boot_error"] is None
+    if sys.version_info >= (3, 11):
+        assert str(tmp_path) not in seen["path"]
+
+
 # Installed on the worker's interpreter (sitecustomize, before any script runs): lists
 # the files compile() is asked to compile, in the file RAY_NUMA_TEST_COMPILED names.
 AUDIT_COMPILES = ("import os, sys\n"

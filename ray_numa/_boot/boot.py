@@ -8,6 +8,10 @@ this ``__main__``'s namespace, as ``python default_worker.py`` runs it. (Run fro
 a function, by ``runpy.run_path`` called in ``ray_numa_boot``, the same worker took 800
 to 950 more minor page faults; measured with ``getrusage`` in real Ray workers.)
 """
-import ray_numa_boot
+import sys
+
+if getattr(sys.flags, "safe_path", False):  # python -P: this directory is not on sys.path
+    sys.path.insert(0, __file__.rpartition("/")[0])
+import ray_numa_boot  # noqa: E402
 
 exec(ray_numa_boot.main_code(globals()), globals())

@@ -143,8 +143,12 @@ def prepare():
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     # Look like `python default_worker.py`: its directory, symlinks resolved, first on
-    # the path (as CPython's pathconfig computes sys.path[0] for a script).
-    sys.path[0] = os.path.dirname(os.path.realpath(script))
+    # the path (as CPython's pathconfig computes sys.path[0] for a script), where
+    # boot.py's directory is; under `python -P` neither (boot.py put its own there).
+    if getattr(sys.flags, "safe_path", False):
+        del sys.path[0]
+    else:
+        sys.path[0] = os.path.dirname(os.path.realpath(script))
     worker, message = load_ray_numa()
     hook = lambda module: on_ray_worker_module(module, worker, message)  # noqa: E731
     if RAY_WORKER_MODULE in sys.modules:    # imported early (sitecustomize, a .pth)
