@@ -10,7 +10,8 @@ to 950 more minor page faults; measured with ``getrusage`` in real Ray workers.)
 """
 import sys
 
-if getattr(sys.flags, "safe_path", False):  # python -P: this directory is not on sys.path
+# python -P or -I (-I alone before 3.11): this directory is not on sys.path
+if sys.flags.isolated or getattr(sys.flags, "safe_path", False):
     sys.path.insert(0, __file__.rpartition("/")[0])
 import ray_numa_boot  # noqa: E402
 

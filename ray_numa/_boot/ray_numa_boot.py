@@ -144,8 +144,8 @@ def prepare():
     sys.argv = sys.argv[1:]
     # Look like `python default_worker.py`: its directory, symlinks resolved, first on
     # the path (as CPython's pathconfig computes sys.path[0] for a script), where
-    # boot.py's directory is; under `python -P` neither (boot.py put its own there).
-    if getattr(sys.flags, "safe_path", False):
+    # boot.py's directory is; under `python -P` or `-I` neither (boot.py put its own there).
+    if sys.flags.isolated or getattr(sys.flags, "safe_path", False):
         del sys.path[0]
     else:
         sys.path[0] = os.path.dirname(os.path.realpath(script))
