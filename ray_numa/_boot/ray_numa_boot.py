@@ -1,6 +1,6 @@
 """Worker bootstrap: ``<python> boot.py default_worker.py <args>`` (see :func:`prepare`).
 
-The ray-numa plugin puts this module (through the two-line script ``boot.py``, so
+The ray-numa plugin puts this module (through the short script ``boot.py``, so
 that it loads from bytecode) between the worker's interpreter and Ray's
 ``default_worker.py``. Three rules shape it:
 
