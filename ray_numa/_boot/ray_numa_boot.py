@@ -142,12 +142,12 @@ def prepare():
     """Set the worker up and return the script to run (``default_worker.py``)."""
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
-    # Look like `python default_worker.py`: its directory, symlinks resolved, first on
-    # the path (as CPython's pathconfig computes sys.path[0] for a script), where
-    # boot.py's directory is; under `python -P` or `-I` neither (boot.py put its own there).
-    if sys.flags.isolated or getattr(sys.flags, "safe_path", False):
-        del sys.path[0]
-    else:
+    # Look like `python default_worker.py`: boot.py's own entry goes, and where Python
+    # put boot.py's directory goes the script's, symlinks resolved (as CPython's
+    # pathconfig computes sys.path[0]); under `python -P` or `-I` (-I alone before 3.11)
+    # Python puts no script directory there.
+    del sys.path[0]
+    if not (sys.flags.isolated or getattr(sys.flags, "safe_path", False)):
         sys.path[0] = os.path.dirname(os.path.realpath(script))
     worker, message = load_ray_numa()
     hook = lambda module: on_ray_worker_module(module, worker, message)  # noqa: E731
