@@ -68,19 +68,22 @@ class Topology:
             self._memo[key] = read(self.cpu_root / f"cpu{cpu}") if self.cpu_root else None
         return self._memo[key]
 
-    def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> FrozenSet[int]:
+    def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any],
+                     alone: bool = True) -> FrozenSet[int]:
         """A set of CPUs sharing something with ``cpu`` (a core, a cache): the kernel
-        lists the same set for each member, so one read answers for all of them."""
-        shared = self._cpu_fact(kind, cpu, read) or frozenset([cpu])
+        lists the same set for each member, so one read answers for all of them.
+        Unknown: ``{cpu}`` alone, or empty where ``alone`` is False."""
+        shared = self._cpu_fact(kind, cpu, read) or frozenset([cpu] if alone else ())
         for other in shared:
             self._memo.setdefault((kind, other), shared)
         return shared
 
-    def package(self, cpu: int) -> int:
-        """The CPU's socket (``physical_package_id``); 0 when the kernel has none."""
+    def package(self, cpu: int) -> Optional[int]:
+        """The CPU's socket (``physical_package_id``); None when unknown: the file is
+        missing or says -1, as POWER7 firmware does (hwloc's ``256ppc-8n8s4t`` dump)."""
         value = self._cpu_fact("package", cpu, lambda d: _read(
-            d / "topology/physical_package_id", "0").strip())
-        return int(value or 0)
+            d / "topology/physical_package_id").strip("\0\n "))
+        return int(value) if value.isdecimal() else None
 
     def siblings(self, cpu: int) -> FrozenSet[int]:
         """The hardware threads of the CPU's physical core.
@@ -93,15 +96,91 @@ class Topology:
             or _read(d / "topology/core_cpus_list")))
 
     def llc(self, cpu: int) -> FrozenSet[int]:
-        """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group)."""
-        return self._shared_fact("llc", cpu, _read_llc)
+        """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group);
+        empty when sysfs has no cache information (no ``cpuN/cache``, as in many VMs),
+        not a made-up one-CPU group."""
+        return self._shared_fact("llc", cpu, _read_llc, alone=False)
 
-    def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[int]:
+    def initiators(self, node: int) -> Tuple[int, ...]:
+        """The nodes the kernel names as nearest initiators of ``node`` (ACPI HMAT).
+
+        ``nodeN/access1/initiators`` (the nearest CPUs, Linux 5.10+) before
+        ``access0`` (the nearest of CPUs and generic initiators such as a GPU), as
+        hwloc's ``read_node_initiators`` does; the kernel lists each initiator as
+        a ``nodeM`` link there (Documentation/admin-guide/mm/numaperf.rst)."""
+        key = ("initiators", node)
+        if key not in self._memo:
+            found: Tuple[int, ...] = ()
+            base = self.sys_root / f"devices/system/node/node{node}"
+            for access in ("access1", "access0"):
+                try:
+                    entries = os.listdir(base / access / "initiators")
+                except OSError:
+                    continue
+                found = tuple(sorted(int(e[4:]) for e in entries if e.startswith("node")
+                                     and e[4:].isdecimal() and int(e[4:]) != node))
+                break
+            self._memo[key] = found
+        return self._memo[key]
+
+    def pci_attr(self, bus_id: str, name: str) -> Optional[str]:
+        """A PCI function's sysfs attribute (``numa_node``, ``local_cpus``...), None
+        when the file is missing or unreadable."""
+        try:
+            return (self.sys_root / "bus/pci/devices" / bus_id / name).read_text()
+        except OSError:
+            return None
+
+    def device_cpus(self, node: int) -> FrozenSet[int]:
+        """For an NVIDIA GPU's memory node, the CPUs local to that GPU; else empty.
+
+        hwloc's rule (``topology-linux.c``, NVIDIA GPU NUMA nodes): the driver names
+        the node in ``/proc/driver/nvidia/gpus/<bus>/numa_status`` ("Node: N"), and
+        the GPU's PCI ``local_cpus`` is the node's locality. Read only where SLIT
+        leaves a tie (POWER9 + V100: nodes 250-255 equally far from both sockets).
+        """
+        key = ("device", node)
+        if key not in self._memo:
+            self._memo[key] = frozenset()
+            gpus_dir = self.sys_root.parent / "proc/driver/nvidia/gpus"
+            try:
+                buses = sorted(os.listdir(gpus_dir))
+            except OSError:
+                buses = []
+            for bus in buses:
+                status = _read(gpus_dir / bus / "numa_status")
+                _, found, rest = status.partition("Node:")
+                if found and rest.split()[:1] == [str(node)]:
+                    self._memo[key] = self._pci_cpus(bus)
+                    break
+        return self._memo[key]
+
+    def _pci_cpus(self, bus_id: str) -> FrozenSet[int]:
+        """CPUs local to a PCI function: ``local_cpulist``, its hex twin
+        ``local_cpus``, else the CPUs of its ``numa_node``."""
+        listed = self.pci_attr(bus_id, "local_cpulist")
+        if listed and listed.strip("\0\n "):
+            return parse_cpulist(listed.strip("\0\n "))
+        mask = (self.pci_attr(bus_id, "local_cpus") or "").strip("\0\n ").replace(",", "")
+        try:
+            bits = int(mask, 16)
+        except ValueError:
+            node = (self.pci_attr(bus_id, "numa_node") or "").strip("\0\n ")
+            return self.nodes[int(node)].cpus if node.isdecimal() and int(node) in self.nodes \
+                else frozenset()
+        return frozenset(i for i in range(bits.bit_length()) if bits >> i & 1)
+
+    @property
+    def sys_root(self) -> Path:
+        """The ``/sys``-shaped directory read (its parent holds ``proc``)."""
+        return self.cpu_root.parents[2] if self.cpu_root else Path("/nonexistent")
+
+    def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[Optional[int]]:
         """Sockets of the nodes: one CPU per node says which (a node is on one socket)."""
         return frozenset(self.package(min(self.nodes[n].cpus)) for n in node_ids
                          if self.nodes[n].cpus)
 
-    def nodes_of_packages(self, packages: FrozenSet[int]) -> Tuple[int, ...]:
+    def nodes_of_packages(self, packages: FrozenSet[Optional[int]]) -> Tuple[int, ...]:
         return tuple(sorted(n.id for n in self.nodes.values()
                             if n.cpus and self.packages_of([n.id]) <= packages))
 
