@@ -85,7 +85,8 @@ def near_cpu_nodes(topo: Topology, node: int) -> Tuple[Tuple[int, ...], str]:
     the initiators the kernel names from ACPI HMAT, else the nearest CPU nodes by
     SLIT distance (GB200's HBM nodes), and where several tie, the CPUs local to the
     device whose memory it is (an NVIDIA GPU's PCI ``local_cpus``, as hwloc places
-    these nodes). A tie nothing breaks is returned as ``TIE``.
+    these nodes). A tie among one socket's nodes is that socket; across sockets,
+    with nothing to break it, ``TIE``.
     """
     if topo.nodes[node].cpus:
         return (node,), OWN
@@ -97,7 +98,11 @@ def near_cpu_nodes(topo: Topology, node: int) -> Tuple[Tuple[int, ...], str]:
         return near, SLIT
     local = topo.device_cpus(node)
     device = tuple(sorted(n for n, v in topo.nodes.items() if v.cpus & local))
-    return (device, DEVICE) if device else (near, TIE)
+    if device:
+        return device, DEVICE
+    sockets = topo.packages_of(near)
+    # the nodes of one socket (NPS4, SNC) are that socket: bind it
+    return near, SLIT if len(sockets) == 1 and None not in sockets else TIE
 
 
 def cpu_nodes_for(topo: Topology, node: int) -> Tuple[int, ...]:
@@ -240,6 +245,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
         return Skip(NO_GPU, quiet=True)
     explicit_cpus = not isinstance(options.cpus, str)
     with_cpus = [n for n, v in topo.nodes.items() if v.cpus]
+    others: List[int] = []             # memory-only nodes beside the one CPU node
     leave_memory = False
     if len(with_cpus) == 1:
         # One node with CPUs: "node" and "socket" have nothing to choose, whatever

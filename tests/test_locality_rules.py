@@ -203,3 +203,20 @@ def test_fallback_notes_reach_the_binding_record(on_machine):
     binding = ray_numa.bind_current_process(2, options={"cpus": "core-complex"})
     assert binding.status == "bound" and binding.cpus == "16-23"
     assert any('"exclusive" instead' in n for n in binding.notes)
+
+
+def test_a_tie_within_one_socket_binds_that_socket(on_machine, tmp_path, monkeypatch):
+    """A CPU-less node equally near both nodes of socket 0 (NPS2/SNC2) and farther
+    from socket 1: those two nodes are its socket, not an undecided tie."""
+    from .fixtures.machines import _r
+    on_machine("dgx-h100")
+    spec = {"nodes": {0: {"cpus": _r(0, 7), "mem_gb": 64}, 1: {"cpus": _r(8, 15), "mem_gb": 64},
+                      2: {"cpus": _r(16, 23), "mem_gb": 64}, 3: {"cpus": _r(24, 31), "mem_gb": 64},
+                      4: {"cpus": [], "mem_gb": 256}},
+            "distances": [[10, 12, 32, 32, 17], [12, 10, 32, 32, 17], [32, 32, 10, 12, 40],
+                          [32, 32, 12, 10, 40], [17, 17, 40, 40, 10]],
+            "smt": {"cores_per_package": 16, "packages": 2, "threads": 1}, "l3_cores": 8,
+            "gpus": []}
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "snc2")))
+    d = plan(4)
+    assert cpus_of(d) == "0-15" and d.cpu_nodes == (0, 1) and d.mem_nodes == (4,)
