@@ -63,10 +63,8 @@ class Topology:
         return tuple(sorted(c for c in candidates if self.distance(node, c) == best))
 
     def _cpu_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> Any:
-        key = (kind, cpu)
-        if key not in self._memo:
-            self._memo[key] = read(self.cpu_root / f"cpu{cpu}") if self.cpu_root else None
-        return self._memo[key]
+        return self._fact(kind, cpu, lambda: read(self.cpu_root / f"cpu{cpu}")
+                          if self.cpu_root else None)
 
     def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any],
                      alone: bool = True) -> FrozenSet[int]:
@@ -108,28 +106,15 @@ class Topology:
         ``access0`` (the nearest of CPUs and generic initiators such as a GPU), as
         hwloc's ``read_node_initiators`` does; the kernel lists each initiator as
         a ``nodeM`` link there (Documentation/admin-guide/mm/numaperf.rst)."""
-        key = ("initiators", node)
-        if key not in self._memo:
-            found: Tuple[int, ...] = ()
-            base = self.sys_root / f"devices/system/node/node{node}"
+        def read(base: str) -> Tuple[int, ...]:
             for access in ("access1", "access0"):
-                try:
-                    entries = os.listdir(base / access / "initiators")
-                except OSError:
-                    continue
-                found = tuple(sorted(int(e[4:]) for e in entries if e.startswith("node")
-                                     and e[4:].isdecimal() and int(e[4:]) != node))
-                break
-            self._memo[key] = found
-        return self._memo[key]
-
-    def pci_attr(self, bus_id: str, name: str) -> Optional[str]:
-        """A PCI function's sysfs attribute (``numa_node``, ``local_cpus``...), None
-        when the file is missing or unreadable."""
-        try:
-            return (self.sys_root / "bus/pci/devices" / bus_id / name).read_text()
-        except OSError:
-            return None
+                entries = self._listdir(f"{base}/{access}/initiators")
+                if entries is not None:
+                    return tuple(sorted(int(e[4:]) for e in entries if e.startswith("node")
+                                        and e[4:].isdecimal() and int(e[4:]) != node))
+            return ()
+        return self._fact("initiators", node, lambda: read(
+            f"sys/devices/system/node/node{node}"))
 
     def device_cpus(self, node: int) -> FrozenSet[int]:
         """For an NVIDIA GPU's memory node, the CPUs local to that GPU; else empty.
@@ -139,28 +124,26 @@ class Topology:
         the GPU's PCI ``local_cpus`` is the node's locality. Read only where SLIT
         leaves a tie (POWER9 + V100: nodes 250-255 equally far from both sockets).
         """
-        key = ("device", node)
-        if key not in self._memo:
-            self._memo[key] = frozenset()
-            gpus_dir = self.sys_root.parent / "proc/driver/nvidia/gpus"
-            try:
-                buses = sorted(os.listdir(gpus_dir))
-            except OSError:
-                buses = []
-            for bus in buses:
-                status = _read(gpus_dir / bus / "numa_status")
+        def read() -> FrozenSet[int]:
+            for bus in sorted(self._listdir("proc/driver/nvidia/gpus") or ()):
+                status = self._text(f"proc/driver/nvidia/gpus/{bus}/numa_status") or ""
                 _, found, rest = status.partition("Node:")
                 if found and rest.split()[:1] == [str(node)]:
-                    self._memo[key] = self._pci_cpus(bus)
-                    break
-        return self._memo[key]
+                    return self._pci_cpus(bus)
+            return frozenset()
+        return self._fact("device", node, read)
+
+    def pci_attr(self, bus_id: str, name: str) -> Optional[str]:
+        """A PCI function's sysfs attribute (``numa_node``, ``local_cpus``...); None
+        when the file is missing or unreadable."""
+        return self._text(f"sys/bus/pci/devices/{bus_id}/{name}")
 
     def _pci_cpus(self, bus_id: str) -> FrozenSet[int]:
         """CPUs local to a PCI function: ``local_cpulist``, its hex twin
         ``local_cpus``, else the CPUs of its ``numa_node``."""
-        listed = self.pci_attr(bus_id, "local_cpulist")
-        if listed and listed.strip("\0\n "):
-            return parse_cpulist(listed.strip("\0\n "))
+        listed = (self.pci_attr(bus_id, "local_cpulist") or "").strip("\0\n ")
+        if listed:
+            return parse_cpulist(listed)
         mask = (self.pci_attr(bus_id, "local_cpus") or "").strip("\0\n ").replace(",", "")
         try:
             bits = int(mask, 16)
@@ -170,10 +153,25 @@ class Topology:
                 else frozenset()
         return frozenset(i for i in range(bits.bit_length()) if bits >> i & 1)
 
-    @property
-    def sys_root(self) -> Path:
-        """The ``/sys``-shaped directory read (its parent holds ``proc``)."""
-        return self.cpu_root.parents[2] if self.cpu_root else Path("/nonexistent")
+    def _fact(self, kind: str, key: int, read: Callable[[], Any]) -> Any:
+        """``read()``'s answer about a CPU or node, read once."""
+        if (kind, key) not in self._memo:
+            self._memo[(kind, key)] = read()
+        return self._memo[(kind, key)]
+
+    def _listdir(self, relative: str) -> Optional[List[str]]:
+        """Entries of a directory under the filesystem root read (``/``, or the
+        fixture's, which holds ``sys`` and ``proc``); None where it has none."""
+        try:
+            return os.listdir(self.cpu_root.parents[3] / relative) if self.cpu_root else None
+        except OSError:
+            return None
+
+    def _text(self, relative: str) -> Optional[str]:
+        try:
+            return (self.cpu_root.parents[3] / relative).read_text() if self.cpu_root else None
+        except OSError:
+            return None
 
     def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[Optional[int]]:
         """Sockets of the nodes: one CPU per node says which (a node is on one socket)."""

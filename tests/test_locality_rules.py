@@ -105,7 +105,9 @@ def test_power9_gpu_memory_node_binds_to_the_gpus_own_socket(on_machine):
 def test_power9_on_real_dump_nvidiagpunumanodes(on_dump):
     """hwloc's ``nvidiagpunumanodes`` (POWER9 + 6 V100, CPUs trimmed to 0-15,88-103):
     the driver's numa_status names each GPU's node, the PCI functions have no
-    numa_node, only ``local_cpus``. The NVML stand-in reports the same nodes."""
+    numa_node, only ``local_cpus``. The NVML stand-in reports the same nodes. hwloc
+    2.9's lstopo (HWLOC_KEEP_NVIDIA_GPU_NUMA_NODES=1) gives nodes 253-255 CPUs
+    0-15 and 250-252 CPUs 88-103, as here."""
     root = on_dump("nvidiagpunumanodes")
     gpus_dir = root / "proc/driver/nvidia/gpus"
     devices = [{"uuid": f"GPU-{i:08x}-0000-0000-0000-000000000000", "name": "Tesla V100",
@@ -113,10 +115,10 @@ def test_power9_on_real_dump_nvidiagpunumanodes(on_dump):
                 "numa_node": int((gpus_dir / bus / "numa_status").read_text().split()[1])}
                for i, bus in enumerate(sorted(p.name for p in gpus_dir.iterdir()))]
     (root / "nvml.json").write_text(json.dumps({"devices": devices}))
-    by_bus = {d["bus_id"][4:]: i for i, d in enumerate(devices)}
-    assert cpus_of(plan("auto", [by_bus["0004:05:00.0"]])) == "0-15"      # node 255
-    d = plan("auto", [by_bus["0035:05:00.0"]])                             # node 250
-    assert cpus_of(d) == "88-103" and d.mem_nodes == (8,)
+    got = {d["numa_node"]: plan("auto", [i]) for i, d in enumerate(devices)}
+    assert {n: (cpus_of(p), p.mem_nodes) for n, p in got.items()} == {
+        **{n: ("0-15", (0,)) for n in (253, 254, 255)},
+        **{n: ("88-103", (8,)) for n in (250, 251, 252)}}
 
 
 # -- 3. Unknown package: socket mode falls back to the node, with a note
