@@ -238,6 +238,32 @@ def _memory(topo: Topology, allowed: Allowed, options: BindOptions,
     return memory, mem_nodes, home
 
 
+def _unplaceable(topo: Topology, targets: Sequence[Target],
+                 explicit_cpus: bool) -> Optional[Skip]:
+    """Why a target has no place on this machine: an unknown or missing node, or a
+    CPU-less node whose CPUs nothing decides (:data:`TIE`) and none were named."""
+    for t in targets:
+        if t.node is None:
+            raw = topo.pci_attr(t.bus, "numa_node") if t.bus else "-1"
+            state = "missing" if raw is None else raw.strip("\0\n ") or "empty"
+            return Skip(f"the NUMA node of {t.label} is unknown (sysfs numa_node is {state} "
+                        "and NVML has none)",
+                        "check the BIOS/ACPI proximity (SRAT) settings, or name the node: "
+                        "numa_bind={'node': N}")
+        whose = f" ({t.label}'s)" if t.peer is not None else ""
+        if t.node not in topo.nodes:
+            return Skip(f"NUMA node {t.node}{whose} does not exist; this machine has "
+                        f"nodes {_nodes_text(topo.nodes)}")
+        near, how = near_cpu_nodes(topo, t.node)
+        if how == TIE and not explicit_cpus:
+            return Skip(f"NUMA node {t.node}{whose} has no CPUs and is equally near nodes "
+                        f"{_nodes_text(near)} by distance (SLIT), and no HMAT initiators or "
+                        "device locality say which is its own",
+                        "name the node whose CPUs to use, numa_bind={'node': N}, or the "
+                        "CPUs, numa_bind={'node': %d, 'cpus': [...]}" % t.node)
+    return None
+
+
 def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequence[Target],
            peer_nodes: Sequence[Optional[int]] = ()) -> Union[Plan, Skip]:
     """The binding for ``targets`` (the assigned GPUs, or explicit nodes)."""
@@ -264,25 +290,9 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
                 return Skip(f"this machine has a single NUMA node{' with CPUs' if others else ''}"
                             f"{held}; nothing to bind")
             leave_memory = bool(others)
-    for t in targets:
-        if t.node is None:
-            raw = topo.pci_attr(t.bus, "numa_node") if t.bus else "-1"
-            state = "missing" if raw is None else raw.strip("\0\n ") or "empty"
-            return Skip(f"the NUMA node of {t.label} is unknown (sysfs numa_node is {state} "
-                        "and NVML has none)",
-                        "check the BIOS/ACPI proximity (SRAT) settings, or name the node: "
-                        "numa_bind={'node': N}")
-        whose = f" ({t.label}'s)" if t.peer is not None else ""
-        if t.node not in topo.nodes:
-            return Skip(f"NUMA node {t.node}{whose} does not exist; this machine has "
-                        f"nodes {_nodes_text(topo.nodes)}")
-        near, how = near_cpu_nodes(topo, t.node)
-        if how == TIE and not explicit_cpus:
-            return Skip(f"NUMA node {t.node}{whose} has no CPUs and is equally near nodes "
-                        f"{_nodes_text(near)} by distance (SLIT), and no HMAT initiators or "
-                        "device locality say which is its own",
-                        "name the node whose CPUs to use, numa_bind={'node': N}, or the "
-                        "CPUs, numa_bind={'node': %d, 'cpus': [...]}" % t.node)
+    skip = _unplaceable(topo, targets, explicit_cpus)
+    if skip is not None:
+        return skip
     # GPUs span nodes when they bind to different CPUs: GB200's HBM nodes 2 and 10
     # hang off one Grace and do not span.
     homes = {cpu_nodes_for(topo, t.node) for t in targets}
