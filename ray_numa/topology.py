@@ -63,15 +63,16 @@ class Topology:
         return tuple(sorted(c for c in candidates if self.distance(node, c) == best))
 
     def _cpu_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> Any:
-        return self._fact(kind, cpu, lambda: read(self.cpu_root / f"cpu{cpu}")
-                          if self.cpu_root else None)
+        key = (kind, cpu)
+        if key not in self._memo:
+            self._memo[key] = read(self.cpu_root / f"cpu{cpu}") if self.cpu_root else None
+        return self._memo[key]
 
-    def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any],
-                     alone: bool = True) -> FrozenSet[int]:
+    def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> FrozenSet[int]:
         """A set of CPUs sharing something with ``cpu`` (a core, a cache): the kernel
         lists the same set for each member, so one read answers for all of them.
-        Unknown: ``{cpu}`` alone, or empty where ``alone`` is False."""
-        shared = self._cpu_fact(kind, cpu, read) or frozenset([cpu] if alone else ())
+        Empty when sysfs does not say."""
+        shared = self._cpu_fact(kind, cpu, read) or frozenset()
         for other in shared:
             self._memo.setdefault((kind, other), shared)
         return shared
@@ -91,13 +92,16 @@ class Topology:
         """
         return self._shared_fact("siblings", cpu, lambda d: parse_cpulist(
             _read(d / "topology/thread_siblings_list")
-            or _read(d / "topology/core_cpus_list")))
+            or _read(d / "topology/core_cpus_list"))) or frozenset([cpu])
 
     def llc(self, cpu: int) -> FrozenSet[int]:
-        """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group);
-        empty when sysfs has no cache information (no ``cpuN/cache``, as in many VMs),
-        not a made-up one-CPU group."""
-        return self._shared_fact("llc", cpu, _read_llc, alone=False)
+        """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group).
+
+        EMPTY when sysfs does not say (no ``cache`` directory, as in many VMs, or an
+        unreadable ``shared_cpu_list``/``shared_cpu_map``): an unknown group, which
+        the policy must not mistake for a one-CPU group.
+        """
+        return self._shared_fact("llc", cpu, _read_llc)
 
     def initiators(self, node: int) -> Tuple[int, ...]:
         """The nodes the kernel names as nearest initiators of ``node`` (ACPI HMAT).
@@ -154,7 +158,7 @@ class Topology:
         return frozenset(i for i in range(bits.bit_length()) if bits >> i & 1)
 
     def _fact(self, kind: str, key: int, read: Callable[[], Any]) -> Any:
-        """``read()``'s answer about a CPU or node, read once."""
+        """``read()``'s answer about a node, read once."""
         if (kind, key) not in self._memo:
             self._memo[(kind, key)] = read()
         return self._memo[(kind, key)]
