@@ -222,3 +222,19 @@ def test_a_tie_within_one_socket_binds_that_socket(on_machine, tmp_path, monkeyp
     monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "snc2")))
     d = plan(4)
     assert cpus_of(d) == "0-15" and d.cpu_nodes == (0, 1) and d.mem_nodes == (4,)
+
+
+def test_tie_breakers_are_read_only_where_a_tie_needs_them(on_machine):
+    """GB200's HBM nodes have one nearest Grace: planning reads no driver or PCI
+    locality file. POWER9's tie reads the driver's numa_status and the GPU's
+    local_cpulist, nothing per CPU."""
+    from .test_topology import files_opened_to_plan
+    on_machine("gb200")
+    files_opened_to_plan("auto", ["0"])                      # imports out of the way
+    assert not [f for f in files_opened_to_plan("auto", ["0"])
+                if "/proc/" in f or "local_cpu" in f]
+    on_machine("power9-v100")
+    files = files_opened_to_plan("auto", ["3"])
+    assert any(f.endswith("/numa_status") for f in files)
+    assert any(f.endswith("0007:00:00.0/local_cpulist") for f in files)
+    assert not [f for f in files if "/cpu/cpu" in f and "physical_package_id" not in f]
