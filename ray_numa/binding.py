@@ -98,7 +98,7 @@ def _targets(gpu_ids: Sequence[str], topo: Topology,
         return gpu_numa_node(gpu, environment.sys_root(), topo.nodes)
 
     peers = [node_of(g) for g in gpus] if options.cpus in SPLIT_MODES else []
-    targets = [Target(label=f"GPU {g.index} ({g.bus_id})", peer=g.index,
+    targets = [Target(label=f"GPU {g.index} ({g.bus_id})", peer=g.index, bus=g.bus_id,
                       node=peers[g.index] if peers else node_of(g)) for g in chosen]
     return targets, peers
 

@@ -26,12 +26,13 @@ if TYPE_CHECKING:   # a worker with a prepared plan (prepared.py) never loads to
 # instructions to build (its generated methods are each compiled), a
 # ``typing.NamedTuple`` ~1.3 million (each string annotation is compiled into a
 # ForwardRef), a namedtuple ~0.5 million. tests/test_topology.py keeps it so.
-class Target(namedtuple("Target", "label node peer", defaults=(None,))):
+class Target(namedtuple("Target", "label node peer bus", defaults=(None, ""))):
     """Something to bind near: a GPU (by its node) or an explicitly named node."""
     __slots__ = ()
     label: str
     node: Optional[int]
     peer: Optional[int]          # index into ``peer_nodes`` (GPUs of the machine); None
+    bus: str                     # a GPU's PCI function (sysfs form); default ""
 
 
 class Plan(namedtuple("Plan", "cpus cpu_nodes mem_nodes memory reason notes home",
@@ -72,11 +73,41 @@ def _nodes_text(nodes: Iterable[int]) -> str:
     return format_cpulist(nodes) or "none"
 
 
-def cpu_nodes_for(topo: Topology, node: int) -> Tuple[int, ...]:
-    """The node itself if it has CPUs, else the nearest nodes that do (GB200 HBM)."""
+#: How a CPU-less node's CPU nodes were found (:func:`near_cpu_nodes`); ``TIE``:
+#: several at the same distance and nothing that says which.
+OWN, HMAT, SLIT, DEVICE, TIE = "own", "HMAT initiators", "distance", "device", "tie"
+
+
+def near_cpu_nodes(topo: Topology, node: int) -> Tuple[Tuple[int, ...], str]:
+    """The CPU nodes a node's work belongs on, and the rule that chose them.
+
+    A node with CPUs is its own. A CPU-less node (HBM, CXL, NVM, a GPU's memory):
+    the initiators the kernel names from ACPI HMAT, else the nearest CPU nodes by
+    SLIT distance (GB200's HBM nodes), and where several tie, the CPUs local to the
+    device whose memory it is (an NVIDIA GPU's PCI ``local_cpus``, as hwloc places
+    these nodes). A tie among one socket's nodes is that socket; across sockets,
+    with nothing to break it, ``TIE``.
+    """
     if topo.nodes[node].cpus:
-        return (node,)
-    return topo.nearest(node, lambda n: bool(n.cpus))
+        return (node,), OWN
+    hmat = tuple(n for n in topo.initiators(node) if n in topo.nodes and topo.nodes[n].cpus)
+    if hmat:
+        return hmat, HMAT
+    near = topo.nearest(node, lambda n: bool(n.cpus))
+    if len(near) < 2:
+        return near, SLIT
+    local = topo.device_cpus(node)
+    device = tuple(sorted(n for n, v in topo.nodes.items() if v.cpus & local))
+    if device:
+        return device, DEVICE
+    sockets = topo.packages_of(near)
+    # the nodes of one socket (NPS4, SNC) are that socket: bind it
+    return near, SLIT if len(sockets) == 1 and None not in sockets else TIE
+
+
+def cpu_nodes_for(topo: Topology, node: int) -> Tuple[int, ...]:
+    """The node itself if it has CPUs, else its near CPU nodes (:func:`near_cpu_nodes`)."""
+    return near_cpu_nodes(topo, node)[0]
 
 
 def _mem_nodes_for(topo: Topology, node: int) -> Tuple[int, ...]:
@@ -121,20 +152,36 @@ def _groups(cpus: FrozenSet[int], key: Callable[[int], int]) -> Dict[int, Frozen
 
 
 def _mode_cpus(topo: Topology, allowed: Allowed, options: BindOptions, target: Target,
-               peer_nodes: Sequence[Optional[int]]) -> Tuple[Tuple[int, ...], Union[Plan, Skip]]:
+               peer_nodes: Sequence[Optional[int]],
+               notes: List[str]) -> Tuple[Tuple[int, ...], Union[FrozenSet[int], Skip]]:
     """The target's CPU nodes and its CPUs (or a Skip), allowed CPUs first.
 
     Cores and L3 groups are built from ``node CPUs & allowed CPUs`` and only then
     split, so a cpuset that leaves a few cores per node still gives every GPU some.
+    A mode whose facts sysfs lacks falls back, with a note in the record: "socket"
+    without package ids (-1 on POWER7) to "node", "core-complex" without cache
+    information (VMs) to "exclusive".
     """
+    mode = options.cpus
     nodes = cpu_nodes_for(topo, target.node)
-    if options.cpus == "socket":
-        nodes = topo.nodes_of_packages(topo.packages_of(nodes))
+    if mode == "socket":
+        packages = topo.packages_of(nodes)
+        if None in packages:
+            _note(notes, f"cpus: \"socket\": the socket of node(s) {_nodes_text(nodes)} is "
+                  "unknown (sysfs physical_package_id is -1 or missing); CPUs of the node "
+                  "instead")
+        else:
+            nodes = topo.nodes_of_packages(packages)
     pool = frozenset().union(*(topo.nodes[n].cpus for n in nodes)) & allowed.cpus
-    if options.cpus not in SPLIT_MODES or not pool:
+    if mode not in SPLIT_MODES or not pool:
         return nodes, pool
+    if mode == "core-complex" and not all(topo.llc(c) for c in pool):
+        _note(notes, "cpus: \"core-complex\": sysfs has no cache information for the "
+              f"CPUs of node(s) {_nodes_text(nodes)} (no cpuN/cache, as in many VMs); "
+              "\"exclusive\" instead")
+        mode = "exclusive"
     k, n = _share_of(topo, target, peer_nodes)
-    if options.cpus == "exclusive":
+    if mode == "exclusive":
         cores = [g for _, g in sorted(_groups(pool, lambda c: min(topo.siblings(c))).items())]
         if len(cores) < n:
             return nodes, Skip(
@@ -147,6 +194,11 @@ def _mode_cpus(topo: Topology, allowed: Allowed, options: BindOptions, target: T
     l3 = sorted(_groups(pool, lambda c: min(topo.llc(c))).items(),
                 key=lambda item: (-len(item[1]), item[0]))
     return nodes, l3[k % len(l3)][1]
+
+
+def _note(notes: List[str], text: str) -> None:
+    if text not in notes:        # several targets may hit the same fallback
+        notes.append(text)
 
 
 def _memory(topo: Topology, allowed: Allowed, options: BindOptions,
@@ -186,30 +238,61 @@ def _memory(topo: Topology, allowed: Allowed, options: BindOptions,
     return memory, mem_nodes, home
 
 
+def _unplaceable(topo: Topology, targets: Sequence[Target],
+                 explicit_cpus: bool) -> Optional[Skip]:
+    """Why a target has no place on this machine: an unknown or missing node, or a
+    CPU-less node whose CPUs nothing decides (:data:`TIE`) and none were named."""
+    for t in targets:
+        if t.node is None:
+            raw = topo.pci_attr(t.bus, "numa_node") if t.bus else "-1"
+            state = "missing" if raw is None else raw.strip("\0\n ") or "empty"
+            return Skip(f"the NUMA node of {t.label} is unknown (sysfs numa_node is {state} "
+                        "and NVML has none)",
+                        "check the BIOS/ACPI proximity (SRAT) settings, or name the node: "
+                        "numa_bind={'node': N}")
+        whose = f" ({t.label}'s)" if t.peer is not None else ""
+        if t.node not in topo.nodes:
+            return Skip(f"NUMA node {t.node}{whose} does not exist; this machine has "
+                        f"nodes {_nodes_text(topo.nodes)}")
+        near, how = near_cpu_nodes(topo, t.node)
+        if how == TIE and not explicit_cpus:
+            return Skip(f"NUMA node {t.node}{whose} has no CPUs and is equally near nodes "
+                        f"{_nodes_text(near)} by distance (SLIT), and no HMAT initiators or "
+                        "device locality say which is its own",
+                        "name the node whose CPUs to use, numa_bind={'node': N}, or the "
+                        "CPUs, numa_bind={'node': %d, 'cpus': [...]}" % t.node)
+    return None
+
+
 def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequence[Target],
            peer_nodes: Sequence[Optional[int]] = ()) -> Union[Plan, Skip]:
     """The binding for ``targets`` (the assigned GPUs, or explicit nodes)."""
     if not targets:
         return Skip(NO_GPU, quiet=True)
     explicit_cpus = not isinstance(options.cpus, str)
-    if len(topo.nodes) == 1:
-        # "node" and "socket" have nothing to choose; "exclusive" and "core-complex"
-        # still split the one node among its GPUs (one L3 per GPU on a workstation).
-        if options.auto and options.cpus in ("node", "socket"):
-            return Skip("this machine has a single NUMA node; nothing to bind")
-        only = next(iter(topo.nodes))
+    with_cpus = [n for n, v in topo.nodes.items() if v.cpus]
+    others: List[int] = []             # memory-only nodes beside the one CPU node
+    leave_memory = False
+    if len(with_cpus) == 1:
+        # One node with CPUs: "node" and "socket" have nothing to choose, whatever
+        # memory-only nodes (CXL, NVM) exist, and a numa_node of -1 can only mean it;
+        # "exclusive" and "core-complex" still split it among its GPUs (one L3 per GPU
+        # on a workstation). A GPU whose own node is memory-only (GH200's HBM, named
+        # by NVML) is planned as everywhere else.
+        only = with_cpus[0]
         targets = [t._replace(node=only) if t.node is None else t for t in targets]
         peer_nodes = [only if p is None else p for p in peer_nodes]
-    for t in targets:
-        if t.node is None:
-            return Skip(f"the NUMA node of {t.label} is unknown (sysfs numa_node is -1 "
-                        "and NVML has none)",
-                        "check the BIOS/ACPI proximity (SRAT) settings, or name the node: "
-                        "numa_bind={'node': N}")
-        if t.node not in topo.nodes:
-            whose = f" ({t.label}'s)" if t.peer is not None else ""
-            return Skip(f"NUMA node {t.node}{whose} does not exist; this machine has "
-                        f"nodes {_nodes_text(topo.nodes)}")
+        others = sorted(set(topo.nodes) - {only})
+        if options.auto and all(t.node == only for t in targets):
+            if options.cpus in ("node", "socket"):
+                held = f" (node {only}; node(s) {_nodes_text(others)} hold memory only)" \
+                    if others else ""
+                return Skip(f"this machine has a single NUMA node{' with CPUs' if others else ''}"
+                            f"{held}; nothing to bind")
+            leave_memory = bool(others)
+    skip = _unplaceable(topo, targets, explicit_cpus)
+    if skip is not None:
+        return skip
     # GPUs span nodes when they bind to different CPUs: GB200's HBM nodes 2 and 10
     # hang off one Grace and do not span.
     homes = {cpu_nodes_for(topo, t.node) for t in targets}
@@ -222,12 +305,19 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
         return Skip(f"no NUMA node with CPUs is near {targets[0].label}")
 
     notes: List[str] = []
+    for t in targets:
+        near, how = near_cpu_nodes(topo, t.node)
+        if how in (HMAT, DEVICE):
+            source = "the initiators ACPI HMAT names" if how == HMAT else \
+                "the CPUs local to its GPU (PCI local_cpus)"
+            _note(notes, f"node {t.node} has no CPUs: CPUs of node(s) {_nodes_text(near)}, "
+                  f"{source}")
     if explicit_cpus:
         wanted = frozenset(options.cpus)
         cpu_nodes = sorted({topo.node_of_cpu(c) for c in wanted} - {None})
         cpus = wanted & allowed.cpus
     else:
-        chosen = [_mode_cpus(topo, allowed, options, t, peer_nodes) for t in targets]
+        chosen = [_mode_cpus(topo, allowed, options, t, peer_nodes, notes) for t in targets]
         skip = next((d for _, d in chosen if isinstance(d, Skip)), None)
         if skip is not None:
             return skip
@@ -245,7 +335,13 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
         notes.append(f"cpuset/affinity allows {len(allowed_here)} of the {len(wanted)} "
                      "CPUs chosen")
 
-    mem = _memory(topo, allowed, options, targets, cpu_nodes, notes)
+    if leave_memory and options.memory != "none":
+        notes.append(f"one NUMA node with CPUs: memory left to the kernel's default policy, "
+                     f"as on a one-node machine (binding it to node {cpu_nodes[0]} would cut "
+                     f"the worker off memory-only node(s) {_nodes_text(others)})")
+        mem: Union[Tuple[str, Tuple[int, ...], Optional[int]], Skip] = ("none", (), None)
+    else:
+        mem = _memory(topo, allowed, options, targets, cpu_nodes, notes)
     if isinstance(mem, Skip):
         return mem
     memory, mem_nodes, home = mem

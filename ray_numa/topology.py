@@ -70,17 +70,19 @@ class Topology:
 
     def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> FrozenSet[int]:
         """A set of CPUs sharing something with ``cpu`` (a core, a cache): the kernel
-        lists the same set for each member, so one read answers for all of them."""
-        shared = self._cpu_fact(kind, cpu, read) or frozenset([cpu])
+        lists the same set for each member, so one read answers for all of them.
+        Empty when sysfs does not say."""
+        shared = self._cpu_fact(kind, cpu, read) or frozenset()
         for other in shared:
             self._memo.setdefault((kind, other), shared)
         return shared
 
-    def package(self, cpu: int) -> int:
-        """The CPU's socket (``physical_package_id``); 0 when the kernel has none."""
+    def package(self, cpu: int) -> Optional[int]:
+        """The CPU's socket (``physical_package_id``); None when unknown: the file is
+        missing or says -1, as POWER7 firmware does (hwloc's ``256ppc-8n8s4t`` dump)."""
         value = self._cpu_fact("package", cpu, lambda d: _read(
-            d / "topology/physical_package_id", "0").strip())
-        return int(value or 0)
+            d / "topology/physical_package_id").strip("\0\n "))
+        return int(value) if value.isdecimal() else None
 
     def siblings(self, cpu: int) -> FrozenSet[int]:
         """The hardware threads of the CPU's physical core.
@@ -90,18 +92,97 @@ class Topology:
         """
         return self._shared_fact("siblings", cpu, lambda d: parse_cpulist(
             _read(d / "topology/thread_siblings_list")
-            or _read(d / "topology/core_cpus_list")))
+            or _read(d / "topology/core_cpus_list"))) or frozenset([cpu])
 
     def llc(self, cpu: int) -> FrozenSet[int]:
-        """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group)."""
+        """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group).
+
+        EMPTY when sysfs does not say (no ``cache`` directory, as in many VMs, or an
+        unreadable ``shared_cpu_list``/``shared_cpu_map``): an unknown group, which
+        the policy must not mistake for a one-CPU group.
+        """
         return self._shared_fact("llc", cpu, _read_llc)
 
-    def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[int]:
+    def initiators(self, node: int) -> Tuple[int, ...]:
+        """The nodes the kernel names as nearest initiators of ``node`` (ACPI HMAT).
+
+        ``nodeN/access1/initiators`` (the nearest CPUs, Linux 5.10+) before
+        ``access0`` (the nearest of CPUs and generic initiators such as a GPU), as
+        hwloc's ``read_node_initiators`` does; the kernel lists each initiator as
+        a ``nodeM`` link there (Documentation/admin-guide/mm/numaperf.rst)."""
+        def read(base: str) -> Tuple[int, ...]:
+            for access in ("access1", "access0"):
+                entries = self._listdir(f"{base}/{access}/initiators")
+                if entries is not None:
+                    return tuple(sorted(int(e[4:]) for e in entries if e.startswith("node")
+                                        and e[4:].isdecimal() and int(e[4:]) != node))
+            return ()
+        return self._fact("initiators", node, lambda: read(
+            f"sys/devices/system/node/node{node}"))
+
+    def device_cpus(self, node: int) -> FrozenSet[int]:
+        """For an NVIDIA GPU's memory node, the CPUs local to that GPU; else empty.
+
+        hwloc's rule (``topology-linux.c``, NVIDIA GPU NUMA nodes): the driver names
+        the node in ``/proc/driver/nvidia/gpus/<bus>/numa_status`` ("Node: N"), and
+        the GPU's PCI ``local_cpus`` is the node's locality. Read only where SLIT
+        leaves a tie (POWER9 + V100: nodes 250-255 equally far from both sockets).
+        """
+        def read() -> FrozenSet[int]:
+            for bus in sorted(self._listdir("proc/driver/nvidia/gpus") or ()):
+                status = self._text(f"proc/driver/nvidia/gpus/{bus}/numa_status") or ""
+                _, found, rest = status.partition("Node:")
+                if found and rest.split()[:1] == [str(node)]:
+                    return self._pci_cpus(bus)
+            return frozenset()
+        return self._fact("device", node, read)
+
+    def pci_attr(self, bus_id: str, name: str) -> Optional[str]:
+        """A PCI function's sysfs attribute (``numa_node``, ``local_cpus``...); None
+        when the file is missing or unreadable."""
+        return self._text(f"sys/bus/pci/devices/{bus_id}/{name}")
+
+    def _pci_cpus(self, bus_id: str) -> FrozenSet[int]:
+        """CPUs local to a PCI function: ``local_cpulist``, its hex twin
+        ``local_cpus``, else the CPUs of its ``numa_node``."""
+        listed = (self.pci_attr(bus_id, "local_cpulist") or "").strip("\0\n ")
+        if listed:
+            return parse_cpulist(listed)
+        mask = (self.pci_attr(bus_id, "local_cpus") or "").strip("\0\n ").replace(",", "")
+        try:
+            bits = int(mask, 16)
+        except ValueError:
+            node = (self.pci_attr(bus_id, "numa_node") or "").strip("\0\n ")
+            return self.nodes[int(node)].cpus if node.isdecimal() and int(node) in self.nodes \
+                else frozenset()
+        return frozenset(i for i in range(bits.bit_length()) if bits >> i & 1)
+
+    def _fact(self, kind: str, key: int, read: Callable[[], Any]) -> Any:
+        """``read()``'s answer about a node, read once."""
+        if (kind, key) not in self._memo:
+            self._memo[(kind, key)] = read()
+        return self._memo[(kind, key)]
+
+    def _listdir(self, relative: str) -> Optional[List[str]]:
+        """Entries of a directory under the filesystem root read (``/``, or the
+        fixture's, which holds ``sys`` and ``proc``); None where it has none."""
+        try:
+            return os.listdir(self.cpu_root.parents[3] / relative) if self.cpu_root else None
+        except OSError:
+            return None
+
+    def _text(self, relative: str) -> Optional[str]:
+        try:
+            return (self.cpu_root.parents[3] / relative).read_text() if self.cpu_root else None
+        except OSError:
+            return None
+
+    def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[Optional[int]]:
         """Sockets of the nodes: one CPU per node says which (a node is on one socket)."""
         return frozenset(self.package(min(self.nodes[n].cpus)) for n in node_ids
                          if self.nodes[n].cpus)
 
-    def nodes_of_packages(self, packages: FrozenSet[int]) -> Tuple[int, ...]:
+    def nodes_of_packages(self, packages: FrozenSet[Optional[int]]) -> Tuple[int, ...]:
         return tuple(sorted(n.id for n in self.nodes.values()
                             if n.cpus and self.packages_of([n.id]) <= packages))
 
