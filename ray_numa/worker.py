@@ -50,7 +50,10 @@ def install() -> None:
     if not spec:
         return
     environment.hold_log()
-    _spec, _auto = spec, json.loads(spec).get("node") == "auto"
+    options = json.loads(spec)      # the bootstrap reports an error: the worker runs unbound
+    if not isinstance(options, dict):
+        raise ValueError(f"{environment.SPEC_ENV} is not a JSON object: {spec[:200]!r}")
+    _spec, _auto = spec, options.get("node") == "auto"
     _options.cache_clear()
     if not _auto:
         _bind_at_start(_options())
@@ -69,8 +72,10 @@ def _bind_at_start(options: "BindOptions") -> None:
     global _start_error
     from .apply import BindError
     from .binding import process_binder
-    argv = json.loads(os.environ.get(environment.PREFIX_ENV) or "[]")
     try:
+        argv = json.loads(os.environ.get(environment.PREFIX_ENV) or "[]")
+        if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+            raise ValueError(f"{environment.PREFIX_ENV} is not a JSON list of strings")
         if argv:
             process_binder().adopt_numactl(options, argv)
         else:
