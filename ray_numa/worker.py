@@ -211,8 +211,9 @@ def settle(max_calls: Optional[int]) -> None:
     if not _unsettled:
         return
     _unsettled = False
-    why = ("its worker ran this task's function before, so Ray reuses it" if max_calls is None
-           else f"this task's function has max_calls={max_calls}, so Ray may reuse its worker")
+    why = ("Ray did not say this task's max_calls (its worker ran the function before), "
+           "so it may reuse the worker" if max_calls is None else
+           f"this task's function has max_calls={max_calls}, so Ray may reuse its worker")
     try:
         from .binding import process_binder
         process_binder().settle(pooled=max_calls != 1, why=why)
