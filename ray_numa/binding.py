@@ -8,6 +8,7 @@ CPU-only task after a GPU task gets its CPUs back.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections import namedtuple
@@ -143,6 +144,7 @@ class Binder:
         self._followed: Tuple[str, ...] = ()          # devices selected since then
         self._pooled = False                          # of the last bind, for follow()
         self._plan: Optional[Plan] = None             # of the last bind, for settle()
+        self._unsettled = False     # bound as pooled, not yet said: settle() says it
 
     @functools.cached_property
     def topology(self) -> Topology:
@@ -200,6 +202,7 @@ class Binder:
         self._gpu_key = None
         self._options, self._followed, self._pooled = options, (), pooled
         self._plan = decision if isinstance(decision, Plan) else None
+        self._unsettled = pooled
         if isinstance(decision, Skip):
             if self.binding.status == "bound":   # a pooled worker's previous task
                 reset(self.backend, self.allowed.cpus)
@@ -219,6 +222,7 @@ class Binder:
         pooled one it was bound with at assignment; strict refuses a pooled worker
         the weaker policy (BindError). OSError: the kernel refused the affinity."""
         plan, options, before = self._plan, self._options, self.binding
+        unsaid, self._unsettled = self._unsettled, False
         if plan is None or options is None or before.status != "bound" or not self._pooled:
             return before
         if pooled:
@@ -226,10 +230,14 @@ class Binder:
                 self._gpu_key = None          # the next task with these GPUs fails too
                 raise BindError(POOLED_STRICT.format(
                     memory=plan.memory, why=why, note=POOLED_NOTE.format(memory=plan.memory)))
-            return before
-        self._pooled = False
-        if for_pooled_worker(plan) == plan:
-            return before                     # asked for no stronger policy: as bound
+        else:
+            self._pooled = False
+            if for_pooled_worker(plan) != plan:   # a stronger policy was asked for
+                return self._apply(plan, options, before.gpus, before.gpu_rule,
+                                   before.history)
+        if unsaid:
+            _say(before, logging.INFO)
+        return before
         return self._apply(plan, options, before.gpus, before.gpu_rule, before.history)
 
     def _apply(self, plan: Plan, options: BindOptions, gpus: Tuple[str, ...],
@@ -273,12 +281,8 @@ class Binder:
             cpu_nodes=plan.cpu_nodes, mem_nodes=mem_nodes if memory != "none" else (),
             memory=memory, gpus=gpus, gpu_rule=gpu_rule, history=history, backend=backend,
             notes=notes))
-        verb = (f"rebound from GPU {','.join(history[-1]['gpus']) or '-'} to GPU "
-                f"{','.join(gpus)}, the {gpu_rule}" if history else "bound")
-        environment.logger().info(
-            "pid %d %s: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), verb, plan.reason,
-            binding.cpus, memory, f" {format_cpulist(binding.mem_nodes)}"
-            if binding.mem_nodes else "", backend)
+        # a task worker's policy is final once Ray says its max_calls (settle): one line
+        _say(binding, logging.DEBUG if self._unsettled else logging.INFO)
         return binding
 
     def follow(self, gpu_id: str) -> Binding:
@@ -327,6 +331,17 @@ class Binder:
         reset(self.backend, self.allowed.cpus)
         self._gpu_key = None
         return self._record(Binding(status="unbound", reason=reason))
+
+
+def _say(binding: Binding, level: int) -> None:
+    """The log line of a binding: what took effect, as the record says it."""
+    history = binding.history
+    verb = (f"rebound from GPU {','.join(history[-1]['gpus']) or '-'} to GPU "
+            f"{','.join(binding.gpus)}, the {binding.gpu_rule}" if history else "bound")
+    environment.logger().log(
+        level, "pid %d %s: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), verb,
+        binding.reason, binding.cpus, binding.memory,
+        f" {format_cpulist(binding.mem_nodes)}" if binding.mem_nodes else "", binding.backend)
 
 
 _binder: Optional[Binder] = None
