@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import environment, ledger
+from .cpusets import format_cpulist, parse_cpulist
 from .locality import local_share, parse_numa_maps
 
 NO_PLUGIN = ("the ray-numa plugin is not enabled on this node, so numa_bind is ignored "
@@ -67,6 +68,7 @@ def process_facts(pid: int) -> Dict[str, Any]:
             text = f.read()
         policies = memory_policies(text)
         facts["mempolicy"] = max(policies, key=policies.get) if policies else ""
+        facts["mempolicies"] = sorted(policies)
         # the process's own memory: file pages sit where their first reader put them
         own = parse_numa_maps(text, anonymous=True)
         facts["kb_by_node"] = {str(n): kb for n, kb in sorted(own.items())}
@@ -99,6 +101,47 @@ def gpu_nodes(binding: Dict[str, Any], device_order: Optional[str]) -> Tuple[int
     return tuple(sorted(nodes))
 
 
+#: How ``numa_maps`` spells each memory policy ray-numa records (mpol_to_str in the
+#: kernel's mm/mempolicy.c: "prefer" and "prefer (many)" for preferred).
+KERNEL_POLICY = {"bind": "bind", "interleave": "interleave", "preferred": "prefer",
+                 "local": "local"}
+
+
+def contradiction(binding: Dict[str, Any], facts: Dict[str, Any]) -> str:
+    """Why the kernel contradicts a record that says "bound" ("" if it does not).
+
+    The record is the worker's word; ``/proc/<pid>/status`` and ``numa_maps`` are the
+    kernel's. The affinity is every thread's (ray-numa sets it on each), and
+    ``numa_maps`` shows the main thread's memory policy on every mapping without one
+    of its own, so a policy ray-numa set there shows on some mapping. Only a fixture
+    machine's recording backend (bindings recorded, not applied) is believed as is.
+    """
+    if binding.get("status") != "bound" or "error" in facts:
+        return ""
+    if binding.get("backend") == "record":
+        return ("" if environment.simulated() else "its binding was recorded for a "
+                "fixture machine, not applied to this node's kernel")
+    actual = format_cpulist(parse_cpulist(facts["cpus_allowed"]))
+    if binding["cpus"] != actual:
+        return f"the kernel has it on CPUs {actual}, not {binding['cpus']}"
+    spelled = KERNEL_POLICY.get(binding["memory"])
+    if spelled and not any(p.startswith(spelled) for p in facts["mempolicies"]):
+        return (f"no mapping in its numa_maps has memory policy '{binding['memory']}' "
+                f"({', '.join(facts['mempolicies']) or 'none'})")
+    return ""
+
+
+def _recorded(pid: int) -> Tuple[Optional[Dict[str, Any]], str]:
+    """What ``pid`` published, or None and why not a usable record ("" if none)."""
+    try:
+        return ledger.read(pid), ""
+    except ledger.RecordError as exc:
+        return None, str(exc)
+    except OSError as exc:       # the directory is someone else's, or a link
+        return None, (f"ray-numa's ledger {exc.filename or ledger.ledger_dir()} cannot be "
+                      f"used: {exc.strerror or exc}")
+
+
 def examine(pid: int, plugin_here: bool) -> Dict[str, Any]:
     """One worker: ray-numa's record (or why there is none), facts, locality."""
     try:
@@ -107,13 +150,16 @@ def examine(pid: int, plugin_here: bool) -> Dict[str, Any]:
         env, env_error = {}, f"cannot read /proc/{pid}/environ: {exc.strerror or exc}"
     else:
         env_error = ""
-    binding = ledger.read(pid)
-    if binding is None:
-        reason = (env_error or ("ray-numa has not bound this process"
-                                if env.get(environment.SPEC_ENV)
-                                else NOT_REQUESTED if plugin_here else NO_PLUGIN))
-        binding = {"status": "unbound", "reason": reason}
+    binding, bad_record = _recorded(pid)
     facts = process_facts(pid)
+    contradicted = contradiction(binding, facts) if binding else ""
+    if binding is None or contradicted:
+        reason = (bad_record or env_error or ("ray-numa has not bound this process"
+                                              if env.get(environment.SPEC_ENV)
+                                              else NOT_REQUESTED if plugin_here else NO_PLUGIN))
+        if contradicted:
+            reason = f"its record says bound, but {contradicted}"
+        binding = {"status": "unbound", "reason": reason}
     nodes = gpu_nodes(binding, env.get("CUDA_DEVICE_ORDER"))
     kb = {int(n): v for n, v in facts.get("kb_by_node", {}).items()}
     local = local_share(kb, nodes) if nodes and kb else None

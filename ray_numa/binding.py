@@ -8,6 +8,7 @@ CPU-only task after a GPU task gets its CPUs back.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections import namedtuple
@@ -62,10 +63,14 @@ _NUMACTL_MEMORY = {"--membind": "bind", "--preferred": "preferred",
 UNBOUND = Binding(status="unbound", reason="ray_numa has not bound this process")
 
 #: Why a pooled task worker gets "local" instead of the memory policy asked for.
-POOLED_NOTE = ("pooled task worker: memory policy 'local' (allocate on the node of the CPU "
-               "that runs the thread) instead of '{memory}', because a memory policy is "
-               "per thread and threads started while bound would keep the old node's "
+POOLED_NOTE = ("pooled task worker (its function's max_calls is not 1, so Ray may reuse it "
+               "for a task with other GPUs): memory policy 'local' (allocate on the node of "
+               "the CPU that runs the thread) instead of '{memory}', because a memory policy "
+               "is per thread and threads started while bound would keep the old node's "
                "after a rebind; CPU affinity, which moves every thread, steers memory")
+#: Why strict refuses a pooled worker; max_calls=1 is Ray's default for GPU tasks.
+POOLED_STRICT = ("numa_bind (strict): memory '{memory}' was asked for, but {why}; {note}. "
+                 "Give the function max_calls=1 (Ray's default for GPU tasks), or drop strict")
 
 
 def for_pooled_worker(plan: Plan) -> Plan:
@@ -76,10 +81,11 @@ def for_pooled_worker(plan: Plan) -> Plan:
     strict policy. With "local" every thread allocates where it runs, and the
     affinity, which :func:`apply_plan` sets on every thread, decides where that is.
     """
-    if plan.memory == "none":
+    if plan.memory in ("none", "local"):
         return plan
-    return plan._replace(memory="local",
-                         notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
+    return plan._replace(
+        memory="local", reason=plan.reason.replace(f", memory {plan.memory} ", ", memory local "),
+        notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
 
 
 def _targets(gpu_ids: Sequence[str], topo: Topology,
@@ -137,6 +143,8 @@ class Binder:
         self._options: Optional[BindOptions] = None   # of the last bind, for follow()
         self._followed: Tuple[str, ...] = ()          # devices selected since then
         self._pooled = False                          # of the last bind, for follow()
+        self._plan: Optional[Plan] = None             # of the last bind, for settle()
+        self._unsettled = False     # bound as pooled, not yet said: settle() says it
 
     @functools.cached_property
     def topology(self) -> Topology:
@@ -193,6 +201,8 @@ class Binder:
         # failure must fail the next task with the same GPUs too (Ray keeps the worker).
         self._gpu_key = None
         self._options, self._followed, self._pooled = options, (), pooled
+        self._plan = decision if isinstance(decision, Plan) else None
+        self._unsettled = pooled
         if isinstance(decision, Skip):
             if self.binding.status == "bound":   # a pooled worker's previous task
                 reset(self.backend, self.allowed.cpus)
@@ -205,6 +215,30 @@ class Binder:
                                     options, gpus, gpu_rule)
         self._gpu_key = gpus if options.auto else None
         return binding
+
+    def settle(self, pooled: bool, why: str) -> Binding:
+        """Ray has said whether this task's worker may run another task (``why``): one
+        that cannot (max_calls=1) gets the memory policy asked for instead of the
+        pooled one it was bound with at assignment; strict refuses a pooled worker
+        the weaker policy (BindError). OSError: the kernel refused the affinity."""
+        plan, options, before = self._plan, self._options, self.binding
+        unsaid, self._unsettled = self._unsettled, False
+        if plan is None or options is None or before.status != "bound" or not self._pooled:
+            return before
+        if pooled:
+            if options.strict and for_pooled_worker(plan).memory != plan.memory:
+                self._gpu_key = None          # the next task with these GPUs fails too
+                raise BindError(POOLED_STRICT.format(
+                    memory=plan.memory, why=why, note=POOLED_NOTE.format(memory=plan.memory)))
+        else:
+            self._pooled = False
+            if for_pooled_worker(plan) != plan:   # a stronger policy was asked for
+                return self._apply(plan, options, before.gpus, before.gpu_rule,
+                                   before.history)
+        if unsaid:
+            _say(before, logging.INFO)
+        return before
+        return self._apply(plan, options, before.gpus, before.gpu_rule, before.history)
 
     def _apply(self, plan: Plan, options: BindOptions, gpus: Tuple[str, ...],
                gpu_rule: str, history: Tuple[Dict[str, Any], ...] = ()) -> Binding:
@@ -247,12 +281,8 @@ class Binder:
             cpu_nodes=plan.cpu_nodes, mem_nodes=mem_nodes if memory != "none" else (),
             memory=memory, gpus=gpus, gpu_rule=gpu_rule, history=history, backend=backend,
             notes=notes))
-        verb = (f"rebound from GPU {','.join(history[-1]['gpus']) or '-'} to GPU "
-                f"{','.join(gpus)}, the {gpu_rule}" if history else "bound")
-        environment.logger().info(
-            "pid %d %s: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), verb, plan.reason,
-            binding.cpus, memory, f" {format_cpulist(binding.mem_nodes)}"
-            if binding.mem_nodes else "", backend)
+        # a task worker's policy is final once Ray says its max_calls (settle): one line
+        _say(binding, logging.DEBUG if self._unsettled else logging.INFO)
         return binding
 
     def follow(self, gpu_id: str) -> Binding:
@@ -301,6 +331,17 @@ class Binder:
         reset(self.backend, self.allowed.cpus)
         self._gpu_key = None
         return self._record(Binding(status="unbound", reason=reason))
+
+
+def _say(binding: Binding, level: int) -> None:
+    """The log line of a binding: what took effect, as the record says it."""
+    history = binding.history
+    verb = (f"rebound from GPU {','.join(history[-1]['gpus']) or '-'} to GPU "
+            f"{','.join(binding.gpus)}, the {binding.gpu_rule}" if history else "bound")
+    environment.logger().log(
+        level, "pid %d %s: %s (CPUs %s, memory %s%s, via %s)", os.getpid(), verb,
+        binding.reason, binding.cpus, binding.memory,
+        f" {format_cpulist(binding.mem_nodes)}" if binding.mem_nodes else "", binding.backend)
 
 
 _binder: Optional[Binder] = None

@@ -20,7 +20,8 @@ FIXTURE_ENV = "RAY_NUMA_FIXTURE"
 #: Kill switch: any of 1/true/yes/on disables all binding, cluster-wide when set on
 #: every ``ray start``; the actors start unbound and ``current_binding()`` says why.
 DISABLE_ENV = "RAY_NUMA_DISABLE"
-#: Logging level of the ``ray_numa`` logger (DEBUG, INFO, WARNING, ...).
+#: Logging level of the ``ray_numa`` logger: a level name (DEBUG, INFO, WARNING, ERROR,
+#: CRITICAL, any case) or a number (10, 20...); anything else warns once and means INFO.
 LOG_LEVEL_ENV = "RAY_NUMA_LOG_LEVEL"
 #: Set by the plugin for "auto" workers: the node's GPU table (JSON) that the
 #: runtime-env agent resolved once, so the worker needs no NVML (ray_numa/gpu_table.py).
@@ -116,18 +117,36 @@ class _Handler(logging.StreamHandler):
             super().emit(record)
 
 
+def log_level(value: str) -> Optional[int]:
+    """The level ``value`` names (a level name in any case, or a number), else None.
+
+    Not ``getattr(logging, name)``: ``logging`` has attributes that are no level
+    (``BASIC_FORMAT``), and ``Logger.setLevel`` raises for them, in every worker.
+    """
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        level = logging.getLevelName(text.upper())   # a registered name's number
+        return level if isinstance(level, int) else None
+
+
 def logger() -> logging.Logger:
     """The package logger, with a stderr handler so worker logs carry our lines."""
     log = logging.getLogger("ray_numa")
     if not getattr(log, "_ray_numa_configured", False):
-        level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
-        log.setLevel(getattr(logging, level, logging.INFO))
+        value = os.environ.get(LOG_LEVEL_ENV) or "INFO"
+        level = log_level(value)
+        log.setLevel(logging.INFO if level is None else level)
         if not log.handlers:
             handler = _Handler()
             handler.setFormatter(logging.Formatter("[ray_numa] %(levelname)s %(message)s"))
             log.addHandler(handler)
             log.propagate = False
         log._ray_numa_configured = True  # type: ignore[attr-defined]
+        if level is None:
+            warn_once(f"{LOG_LEVEL_ENV}={value!r} is not a logging level (DEBUG, INFO, "
+                      "WARNING, ERROR, CRITICAL, or a number such as 10): using INFO")
     return log
 
 

@@ -1,28 +1,101 @@
 """Each Ray worker's binding, published as a small file so `ray-numa audit` can read it.
 
 What ray-numa decided lives in the worker's memory; the audit runs in another
-process (a probe task on the same node). So every worker that the plugin started
-writes its :class:`~ray_numa.binding.Binding` to ``<tmp>/ray-numa-bindings-<uid>/<pid>.json``
-whenever it changes. Pids are reused, so each record carries the process start time
-(``/proc/<pid>/stat`` field 22) and a record whose start time no longer matches
-belongs to a dead process and is ignored (and pruned). Only processes that the plugin
-started (``RAY_NUMA_SPEC`` set) publish; publishing never fails a worker.
+process (a probe task on the same node, in the same Ray session). So every worker
+that the plugin started writes its :class:`~ray_numa.binding.Binding` to
+``<dir>/<pid>.json`` whenever it changes (see :func:`ledger_dir` for where). Pids are
+reused, so each record carries the process start time (``/proc/<pid>/stat`` field 22)
+and a record whose start time no longer matches belongs to a dead process and is
+ignored (and pruned). Only processes that the plugin started (``RAY_NUMA_SPEC`` set)
+publish; publishing never fails a worker.
+
+Nobody else may write there: a directory another user can write lets them plant
+``.<pid>.tmp`` symlinks (the worker would overwrite a file of its own user through
+them) and forge records (unbound workers would pass the audit). So the directory is
+created 0700 and used only after its open descriptor (``O_NOFOLLOW | O_DIRECTORY``)
+shows a directory owned by this user with no group or other access; files are
+created ``O_EXCL | O_NOFOLLOW`` relative to that descriptor and renamed into place,
+and a record is read only if it is a regular file and well formed. The audit then
+checks a record against what the kernel says (``ray_numa/audit.py``).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
+import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from . import environment
 
+DIR_NAME = "ray-numa-bindings"
+STATUSES = ("bound", "skipped", "off", "unbound")
+MAX_RECORD = 1 << 20      # bytes: a record is ~1 KiB; more is not one of ours
+_INT, _STR = (int,), (str,)
+#: The type of each field of a published binding (``Binding.as_dict()`` as JSON).
+_FIELDS: Dict[str, Tuple[type, Optional[Tuple[type, ...]]]] = {
+    "status": (str, None), "reason": (str, None), "cpus": (str, None),
+    "cpu_nodes": (list, _INT), "mem_nodes": (list, _INT), "memory": (str, None),
+    "gpus": (list, _STR), "gpu_rule": (str, None), "history": (list, (dict,)),
+    "backend": (str, None), "notes": (list, _STR), "calls": (list, (list,))}
+
+
+class RecordError(ValueError):
+    """A record that is not one ray-numa wrote: malformed, or not a plain file."""
+
+
+def _session_dir() -> Optional[str]:
+    """This Ray worker's session directory, or None outside a Ray worker.
+
+    The raylet starts every worker with ``--temp-dir=`` and ``--session-name=``
+    (``ray/_private/services.py``, the worker command; Ray 2.48 to 2.60) and the
+    session directory is the one joined with the other (``ray/_private/node.py``).
+    Both the worker and the audit's probe (a worker of the same session on the same
+    node) read them from their own argv, from the interpreter's start on.
+    """
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    temp, name = args.get("--temp-dir"), args.get("--session-name")
+    if temp and name and os.path.isabs(temp) and os.sep not in name and name not in (".", ".."):
+        return os.path.join(temp, name)
+    return None
+
 
 def ledger_dir() -> Path:
-    """Where this node's workers publish: per user (Ray runs a node's workers as the
-    raylet's user, and nobody else may write there), shared by every Ray session."""
-    return Path(tempfile.gettempdir()) / f"ray-numa-bindings-{os.getuid()}"
+    """Where this node's workers publish: in a Ray worker, ``ray-numa-bindings`` in
+    Ray's session directory (its user's, one per session); elsewhere (tests, tools)
+    ``ray-numa-bindings-<uid>`` in ``$XDG_RUNTIME_DIR``, else in the temp directory."""
+    session = _session_dir()
+    if session:
+        return Path(session) / DIR_NAME
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = runtime if os.path.isabs(runtime) else tempfile.gettempdir()
+    return Path(base) / f"{DIR_NAME}-{os.getuid()}"
+
+
+def _open_dir(create: bool) -> int:
+    """A descriptor of :func:`ledger_dir` once it shows a directory that only this
+    user can use; PermissionError (naming it and what is wrong) if not."""
+    path = ledger_dir()
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    # O_NOFOLLOW: a symlink in its place fails (ELOOP/ENOTDIR) instead of being followed
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    info = os.fstat(fd)
+    problem = (f"owned by uid {info.st_uid}, not {os.getuid()}" if info.st_uid != os.getuid()
+               else f"mode {stat.S_IMODE(info.st_mode):o} lets others in"
+               if info.st_mode & 0o077 else "")
+    if problem:
+        os.close(fd)
+        raise PermissionError(errno.EPERM, f"not this user's alone ({problem}); remove it",
+                              str(path))
+    return fd
 
 
 def start_time(pid: Union[int, str] = "self") -> Optional[str]:
@@ -35,39 +108,123 @@ def start_time(pid: Union[int, str] = "self") -> Optional[str]:
         return None
 
 
+def _write(folder: int, name: str, data: bytes) -> None:
+    """``data`` into ``name`` in ``folder`` (a descriptor), atomically; never through
+    a link someone planted."""
+    tmp = f".{os.getpid()}.{threading.get_ident()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600, dir_fd=folder)
+    except FileExistsError:     # left by a process that died with this pid
+        os.unlink(tmp, dir_fd=folder)        # removes a link itself, never its target
+        fd = os.open(tmp, flags, 0o600, dir_fd=folder)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)   # replaces, never follows
+
+
 def publish(binding: Any) -> None:
     """Write this process's binding (atomically) if the plugin started it."""
     if not os.environ.get(environment.SPEC_ENV):
         return
     record = {"pid": os.getpid(), "start_time": start_time(), "binding": binding.as_dict()}
     try:
-        folder = ledger_dir()
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = folder / f".{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record, default=str))
-        os.replace(tmp, folder / f"{os.getpid()}.json")
+        folder = _open_dir(create=True)
+        try:
+            _write(folder, f"{os.getpid()}.json", json.dumps(record, default=str).encode())
+        finally:
+            os.close(folder)
+    except PermissionError as exc:     # someone else's directory: say so, once
+        environment.warn_once(f"not publishing this worker's binding for `ray-numa audit`: "
+                              f"{exc.filename} is {exc.strerror}")
     except OSError as exc:     # a read-only /tmp costs the audit, not the worker
         environment.logger().debug("cannot publish binding for audit: %s", exc)
 
 
+def problem(record: Any, pid: int) -> str:
+    """Why ``record`` is not a record of ``pid`` as :func:`publish` writes it ("" if it is)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if record.get("pid") != pid or not isinstance(record.get("start_time"), (str, type(None))):
+        return f"its pid/start_time are not {pid}'s"
+    binding = record.get("binding")
+    if not isinstance(binding, dict):
+        return "its 'binding' is not an object"
+    for field, (kind, items) in _FIELDS.items():
+        value = binding.get(field)
+        if not isinstance(value, kind) or (items and not all(
+                type(v) in items for v in value)):
+            return f"its field {field!r} is not a {kind.__name__}" + (
+                f" of {items[0].__name__}" if items else "")
+    if binding["status"] not in STATUSES:
+        return f"its status is not one of {', '.join(STATUSES)}"
+    return ""
+
+
+def _load(folder: int, name: str, pid: int) -> Dict[str, Any]:
+    """The record in ``name``; RecordError if it is not one :func:`publish` wrote."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                 dir_fd=folder)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD:
+            raise RecordError("its record is not a regular file of at most 1 MiB")
+        try:
+            record = json.loads(f.read(MAX_RECORD))
+        except ValueError as exc:
+            raise RecordError(f"its record is not JSON: {exc}") from None
+    why = problem(record, pid)
+    if why:
+        raise RecordError(f"its record is malformed: {why}")
+    return record
+
+
 def read(pid: int) -> Optional[Dict[str, Any]]:
-    """The binding ``pid`` published (as a dict), or None: never bound, or gone."""
-    path = ledger_dir() / f"{pid}.json"
+    """The binding ``pid`` published (as a dict), or None: never bound, or gone.
+    RecordError: a record is there but not one ray-numa wrote (the audit says so);
+    PermissionError: the directory is not this user's alone."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        folder = _open_dir(create=False)
+    except FileNotFoundError:
         return None
-    if record.get("start_time") != start_time(pid):
+    try:
+        record = _load(folder, f"{pid}.json", pid)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:       # a symlink (ELOOP), a directory...
+        raise RecordError(f"its record cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(folder)
+    if record["start_time"] != start_time(pid):
         return None            # an earlier process with the same pid
     return record["binding"]
 
 
+def _records(folder: int) -> Iterator[Tuple[str, int]]:
+    for name in os.listdir(folder):
+        stem, dot, ext = name.partition(".")
+        if dot and ext == "json" and stem.isdigit():
+            yield name, int(stem)
+
+
 def prune() -> None:
-    """Remove records of processes that have exited."""
-    for path in ledger_dir().glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-            if record.get("start_time") != start_time(path.stem):
-                path.unlink()
-        except (OSError, ValueError):
-            continue
+    """Remove records of processes that have exited, and files that are no records."""
+    try:
+        folder = _open_dir(create=False)
+    except OSError:
+        return
+    try:
+        for name, pid in _records(folder):
+            try:
+                stale = _load(folder, name, pid)["start_time"] != start_time(pid)
+            except FileNotFoundError:
+                continue
+            except (RecordError, OSError):   # not a record (a link, a forgery): goes too
+                stale = True
+            if stale:
+                try:
+                    os.unlink(name, dir_fd=folder)
+                except OSError:
+                    pass
+    finally:
+        os.close(folder)

@@ -34,12 +34,18 @@ if TYPE_CHECKING:
 #: Ray's private functions this module wraps: (module, owner attribute or "", name).
 ASSIGNMENT_HOOK = ("ray._private.utils", "", "set_visible_accelerator_ids")
 TASK_START_HOOK = ("ray._private.worker", "Worker", "record_task_log_start")
+#: Where a worker learns its task function's ``max_calls``, just after the assignment
+#: (``execute_task_with_cancellation_handler``, Ray 2.48 to 2.60; only on the first
+#: call of each function in a worker: Ray caches it).
+EXECUTION_INFO_HOOK = ("ray._private.function_manager", "FunctionActorManager",
+                       "get_execution_info")
 
 _spec: Optional[str] = None                 # the plugin's RAY_NUMA_SPEC (JSON)
 _auto = False
 _start_error: Optional[Exception] = None    # explicit node: fails every task
 _task_error: Optional[Exception] = None     # this task's GPU assignment (strict)
 _raise_at_assignment = False                # no task-start hook in this Ray
+_unsettled = False                          # a task bound as pooled until max_calls is known
 NO_GPU = "no GPU assigned to this worker"   # policy.NO_GPU; policy is not loaded here
 
 
@@ -50,7 +56,10 @@ def install() -> None:
     if not spec:
         return
     environment.hold_log()
-    _spec, _auto = spec, json.loads(spec).get("node") == "auto"
+    options = json.loads(spec)      # the bootstrap reports an error: the worker runs unbound
+    if not isinstance(options, dict):
+        raise ValueError(f"{environment.SPEC_ENV} is not a JSON object: {spec[:200]!r}")
+    _spec, _auto = spec, options.get("node") == "auto"
     _options.cache_clear()
     if not _auto:
         _bind_at_start(_options())
@@ -69,8 +78,10 @@ def _bind_at_start(options: "BindOptions") -> None:
     global _start_error
     from .apply import BindError
     from .binding import process_binder
-    argv = json.loads(os.environ.get(environment.PREFIX_ENV) or "[]")
     try:
+        argv = json.loads(os.environ.get(environment.PREFIX_ENV) or "[]")
+        if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+            raise ValueError(f"{environment.PREFIX_ENV} is not a JSON list of strings")
         if argv:
             process_binder().adopt_numactl(options, argv)
         else:
@@ -117,13 +128,23 @@ def hook_ray(ray_worker_module: Any = None) -> None:
 
     def before_task(original: Callable) -> Callable:
         def record_task_log_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+            settle(None)        # a function this worker ran before: it is pooled
             raise_pending()
             return original(self, *args, **kwargs)
         return record_task_log_start
 
+    def after_execution_info(original: Callable) -> Callable:
+        def get_execution_info(self: Any, *args: Any, **kwargs: Any) -> Any:
+            info = original(self, *args, **kwargs)
+            settle(getattr(info, "max_calls", None))
+            return info
+        return get_execution_info
+
     if _auto:
         _wrap(ASSIGNMENT_HOOK, after_assignment,
               "to bind 'auto' workers when GPUs are assigned: running unbound")
+        _wrap(EXECUTION_INFO_HOOK, after_execution_info, "to learn a task's max_calls: "
+              "every GPU task's worker keeps the pooled memory policy 'local'")
     _raise_at_assignment = not _wrap(
         TASK_START_HOOK, before_task, "to make a strict failure the task's own error: "
         "it fails the worker instead (Ray may retry the task)")
@@ -140,16 +161,21 @@ def _assigned_gpu_ids() -> list:
 
 
 def _pooled() -> bool:
-    """A normal-task worker, which Ray may reuse for a task with other GPUs."""
+    """A normal-task worker, which Ray may reuse for a task with other GPUs unless its
+    function's max_calls is 1 (see :func:`settle`); an actor's worker is its own."""
     import ray
     return ray.get_runtime_context().get_actor_id() is None
 
 
 def on_assignment() -> None:
     """Called after Ray set the visible accelerators for a task or actor. Never
-    raises (see the module doc) unless this Ray lacks the task-start hook."""
-    global _task_error
-    _task_error = None
+    raises (see the module doc) unless this Ray lacks the task-start hook.
+
+    A normal task's worker is bound as pooled: its function's ``max_calls``, which
+    says whether Ray may reuse it, is known only a moment later (:func:`settle`).
+    """
+    global _task_error, _unsettled
+    _task_error, _unsettled = None, False
     if _start_error is not None:     # explicit node, strict: fail every task
         if _raise_at_assignment:      # this Ray has no task-start hook to raise it from
             raise _start_error
@@ -169,20 +195,50 @@ def on_assignment() -> None:
         from .follow import install as follow_selected_device
         follow_selected_device()
         from .binding import process_binder
-        process_binder().bind(_options(), gpu_ids, gpu_rule="assigned", pooled=_pooled())
+        _unsettled = _pooled()
+        process_binder().bind(_options(), gpu_ids, gpu_rule="assigned", pooled=_unsettled)
     except Exception as exc:  # never break a user's task over binding
-        apply = sys.modules.get(f"{__package__}.apply")   # loaded if binding imported
-        if apply is not None and isinstance(exc, apply.BindError):   # strict's reason
-            _task_error = exc
-        elif json.loads(_spec or "{}").get("strict"):
-            _task_error = RuntimeError(f"numa_bind (strict): {type(exc).__name__}: {exc}")
-        else:
-            environment.warn_once(
-                f"not binding: {type(exc).__name__}: {exc}; running unbound")
+        _failed(exc)
+    _raise_if_no_task_hook()
+
+
+def settle(max_calls: Optional[int]) -> None:
+    """Ray has loaded this task's function: with ``max_calls=1`` (Ray's default for
+    GPU tasks) the worker exits after it, so it is not pooled and gets the memory
+    policy asked for; ``None``: a function it ran before, so it is pooled. Never
+    raises, like :func:`on_assignment`."""
+    global _unsettled
+    if not _unsettled:
+        return
+    _unsettled = False
+    why = ("Ray did not say this task's max_calls (its worker ran the function before), "
+           "so it may reuse the worker" if max_calls is None else
+           f"this task's function has max_calls={max_calls}, so Ray may reuse its worker")
+    try:
+        from .binding import process_binder
+        process_binder().settle(pooled=max_calls != 1, why=why)
+    except Exception as exc:  # never break a user's task over binding
+        _failed(exc)
+    _raise_if_no_task_hook()
+
+
+def _failed(exc: Exception) -> None:
+    """Binding at assignment failed: strict's reason is the task's error, else a warning."""
+    global _task_error
+    apply = sys.modules.get(f"{__package__}.apply")   # loaded if binding imported
+    if apply is not None and isinstance(exc, apply.BindError):   # strict's reason
+        _task_error = exc
+    elif json.loads(_spec or "{}").get("strict"):
+        _task_error = RuntimeError(f"numa_bind (strict): {type(exc).__name__}: {exc}")
+    else:
+        environment.warn_once(f"not binding: {type(exc).__name__}: {exc}; running unbound")
     if _task_error is not None:
         environment.logger().error("%s", _task_error)
-        if _raise_at_assignment:
-            raise _task_error
+
+
+def _raise_if_no_task_hook() -> None:
+    if _task_error is not None and _raise_at_assignment:
+        raise _task_error
 
 
 def raise_pending() -> None:

@@ -1,4 +1,7 @@
 """``ray-numa audit`` on this machine's real kernel (its own cluster: no fixture)."""
+import stat
+from pathlib import Path
+
 import pytest
 
 from conftest import ray_cluster
@@ -23,6 +26,11 @@ def test_audit_reads_what_the_kernel_applied():
         truth = ray.get(pinned.inspect.remote(), timeout=300)
         report = run_audit()
         row = rows_by_pid(report)[truth["pid"]]
+        # the record is in Ray's session directory (its user's), in a 0700 directory
+        folder = Path(ray._private.worker.global_worker.node.get_session_dir_path(),
+                      "ray-numa-bindings")
+        assert (folder / f"{truth['pid']}.json").is_file()
+        assert stat.S_IMODE(folder.lstat().st_mode) == 0o700
     assert truth["binding"]["status"] == "bound" and truth["cpus_allowed"] == "1"
     assert row["binding"]["status"] == "bound" and row["binding"]["cpus"] == "1"
     assert row["actual"]["cpus_allowed"] == "1" and row["actual"]["mempolicy"] == "bind:0"

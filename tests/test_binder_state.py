@@ -58,3 +58,26 @@ def test_the_worker_hook_gives_cpu_only_work_policys_reason():
     # the worker hook leaves CPU-only work alone without loading policy: same words
     from ray_numa import policy, worker
     assert worker.NO_GPU == policy.NO_GPU
+
+
+LOG_LINES = '''
+    from ray_numa.binding import process_binder
+    from ray_numa.options import parse
+    binder = process_binder()
+    for pooled in (False, True):       # a default GPU task (max_calls=1), then max_calls=0
+        binder.bind(parse("auto"), [str(4 * pooled)], gpu_rule="assigned", pooled=True)
+        print(binder.settle(pooled=pooled, why="test").memory, flush=True)
+'''
+
+
+def test_a_task_worker_says_one_line_with_the_policy_it_ended_with(machine_tree):
+    """The INFO line and the record agree: the worker is bound as pooled at assignment,
+    and the line is written once Ray says whether it is (``settle``)."""
+    from tests.procs import run_child
+    child = run_child(LOG_LINES, env={"RAY_NUMA_FIXTURE": str(machine_tree("dgx-h100"))})
+    assert child.stdout.split() == ["bind", "local"]
+    lines = [line for line in child.stderr.splitlines() if " bound: " in line]
+    assert len(lines) == 2, child.stderr
+    assert ", memory bind node(s) 0 (CPUs 0-55,112-167, memory bind 0, via record)" in lines[0]
+    assert ", memory local node(s) 1 (CPUs 56-111,168-223, memory local 1, via record)" \
+        in lines[1]
