@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
 from .cpusets import format_cpulist, parse_cpulist, process_limits
-from .policy import NO_GPU, SPLIT_MODES, Plan, Skip, Target, decide
+from .planning import plan_for
+from .policy import Plan, Skip
 from .prepared import lookup as prepared_plan
 
-if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, GPUs, options
-    from .gpus import Gpu
+if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, options
     from .options import BindOptions
     from .topology import Allowed, Topology
 
@@ -80,48 +80,6 @@ def for_pooled_worker(plan: Plan) -> Plan:
         return plan
     return plan._replace(memory="local",
                          notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
-
-
-def _targets(gpu_ids: Sequence[str], topo: Topology,
-             options: BindOptions) -> Tuple[List[Target], List[Optional[int]]]:
-    """The assigned GPUs as targets, and every GPU's node (PCI order) where the CPU
-    mode splits a node among its GPUs; other modes read only the assigned GPUs'."""
-    from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
-    gpus, source = discover_gpus()
-    if not gpus:
-        raise GpuResolutionError(
-            f"GPU(s) {', '.join(gpu_ids)} were assigned but this machine shows no NVIDIA "
-            f"GPU (from {source}); with fake num_gpus there is nothing to bind to")
-    chosen = resolve_visible(gpu_ids, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
-
-    def node_of(gpu: Gpu) -> Optional[int]:
-        return gpu_numa_node(gpu, environment.sys_root(), topo.nodes)
-
-    peers = [node_of(g) for g in gpus] if options.cpus in SPLIT_MODES else []
-    targets = [Target(label=f"GPU {g.index} ({g.bus_id})", peer=g.index,
-                      node=peers[g.index] if peers else node_of(g)) for g in chosen]
-    return targets, peers
-
-
-def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
-             topology: Optional[Topology] = None,
-             allowed: Optional[Allowed] = None) -> Any:
-    """The :class:`Plan` or :class:`Skip` for ``options`` on this machine."""
-    from .gpus import GpuResolutionError
-    from .topology import machine_topology, process_allowed
-    topo = topology or machine_topology()
-    allowed = allowed or process_allowed(topo)
-    if options.auto:
-        if not gpu_ids:
-            return Skip(NO_GPU, quiet=True)
-        try:
-            targets, peers = _targets(gpu_ids, topo, options)
-        except GpuResolutionError as exc:
-            return Skip(str(exc))
-    else:
-        targets = [Target(label=f"node {n}", node=n) for n in options.node]
-        peers = []
-    return decide(topo, allowed, options, targets, peers)
 
 
 class Binder:
