@@ -130,6 +130,8 @@ class Binder:
             raise BindError(f"numa_bind (strict): {skip.message()}")
         if not skip.quiet:
             environment.warn_once(f"not binding: {skip.message()}; running unbound")
+        else:     # nothing to bind (no GPU, one NUMA node): said, not warned
+            environment.logger().info("not binding: %s", skip.message())
         return self._record(Binding(status="skipped", reason=skip.message(), gpus=gpus,
                                     gpu_rule=gpu_rule))
 
@@ -288,6 +290,21 @@ def _requested_without_plugin() -> bool:
     return value not in (None, "off")
 
 
+#: What ``current_binding()`` says in the process that called ``ray.init``.
+DRIVER = ("this is the Ray driver (the process that called ray.init): ray-numa binds the "
+          "workers Ray starts for tasks and actors, never the driver; to bind the driver "
+          "itself, call ray_numa.bind_current_process()")
+
+
+def _ray_driver() -> bool:
+    """Connected to Ray as its driver: Ray's own test (``RuntimeContext`` compares
+    the worker's mode; a driver runs in SCRIPT_MODE, a worker in WORKER_MODE, and
+    the mode is None when not connected)."""
+    worker = sys.modules.get("ray._private.worker")
+    mode = getattr(getattr(worker, "global_worker", None), "mode", None)
+    return mode is not None and mode == getattr(worker, "SCRIPT_MODE", None)
+
+
 def current_binding() -> Binding:
     """What this process is bound to, and why; ``status == "unbound"`` if untouched."""
     if _binder is not None:
@@ -296,6 +313,8 @@ def current_binding() -> Binding:
         return Binding(status="unbound", reason=os.environ[environment.BOOT_ERROR_ENV])
     if environment.untouched_reason:            # the worker hook had nothing to bind
         return Binding(status="skipped", reason=environment.untouched_reason)
+    if _ray_driver():
+        return Binding(status="unbound", reason=DRIVER)
     if _requested_without_plugin():
         return Binding(status="unbound", reason=PLUGIN_MISSING)
     return UNBOUND

@@ -54,7 +54,9 @@ class Skip(namedtuple("Skip", "reason fix quiet", defaults=("", False))):
     __slots__ = ()
     reason: str
     fix: str                     # default ""
-    quiet: bool                  # expected (no GPU, span="skip"): no warning; default False
+    #: Nothing to bind (no GPU, one NUMA node, span="skip"): logged, not warned, and
+    #: no failure for strict, which refuses only a binding it cannot make; default False
+    quiet: bool
 
     def message(self) -> str:
         return f"{self.reason}; {self.fix}" if self.fix else self.reason
@@ -196,7 +198,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
         # "node" and "socket" have nothing to choose; "exclusive" and "core-complex"
         # still split the one node among its GPUs (one L3 per GPU on a workstation).
         if options.auto and options.cpus in ("node", "socket"):
-            return Skip("this machine has a single NUMA node; nothing to bind")
+            return Skip("this machine has a single NUMA node; nothing to bind", quiet=True)
         only = next(iter(topo.nodes))
         targets = [t._replace(node=only) if t.node is None else t for t in targets]
         peer_nodes = [only if p is None else p for p in peer_nodes]
