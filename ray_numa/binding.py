@@ -11,7 +11,7 @@ import functools
 import os
 import sys
 from collections import namedtuple
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
