@@ -81,7 +81,8 @@ def gpu_nodes(binding: Dict[str, Any], device_order: Optional[str]) -> Tuple[int
     """The NUMA nodes a worker's memory belongs on: where ray-numa bound it, else
     its GPUs' nodes (with their CPU nodes, for GB200's CPU-less GPU nodes); ()
     when unknown. On a single-node machine every page is local."""
-    from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
+    from .cuda_ids import GpuResolutionError, resolve_visible
+    from .gpus import discover_gpus, gpu_numa_node
     from .policy import cpu_nodes_for
     from .topology import machine_topology
     topo = machine_topology()

@@ -12,16 +12,16 @@ import logging
 import os
 import sys
 from collections import namedtuple
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 from . import environment, ledger
 from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
 from .cpusets import format_cpulist, parse_cpulist, process_limits
-from .policy import NO_GPU, SPLIT_MODES, Plan, Skip, Target, decide
+from .planning import plan_for
+from .policy import Plan, Skip
 from .prepared import lookup as prepared_plan
 
-if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, GPUs, options
-    from .gpus import Gpu
+if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, options
     from .options import BindOptions
     from .topology import Allowed, Topology
 
@@ -88,48 +88,6 @@ def for_pooled_worker(plan: Plan) -> Plan:
         notes=plan.notes + (POOLED_NOTE.format(memory=plan.memory),))
 
 
-def _targets(gpu_ids: Sequence[str], topo: Topology,
-             options: BindOptions) -> Tuple[List[Target], List[Optional[int]]]:
-    """The assigned GPUs as targets, and every GPU's node (PCI order) where the CPU
-    mode splits a node among its GPUs; other modes read only the assigned GPUs'."""
-    from .gpus import GpuResolutionError, discover_gpus, gpu_numa_node, resolve_visible
-    gpus, source = discover_gpus()
-    if not gpus:
-        raise GpuResolutionError(
-            f"GPU(s) {', '.join(gpu_ids)} were assigned but this machine shows no NVIDIA "
-            f"GPU (from {source}); with fake num_gpus there is nothing to bind to")
-    chosen = resolve_visible(gpu_ids, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
-
-    def node_of(gpu: Gpu) -> Optional[int]:
-        return gpu_numa_node(gpu, environment.sys_root(), topo.nodes)
-
-    peers = [node_of(g) for g in gpus] if options.cpus in SPLIT_MODES else []
-    targets = [Target(label=f"GPU {g.index} ({g.bus_id})", peer=g.index, bus=g.bus_id,
-                      node=peers[g.index] if peers else node_of(g)) for g in chosen]
-    return targets, peers
-
-
-def plan_for(options: BindOptions, gpu_ids: Sequence[str] = (),
-             topology: Optional[Topology] = None,
-             allowed: Optional[Allowed] = None) -> Any:
-    """The :class:`Plan` or :class:`Skip` for ``options`` on this machine."""
-    from .gpus import GpuResolutionError
-    from .topology import machine_topology, process_allowed
-    topo = topology or machine_topology()
-    allowed = allowed or process_allowed(topo)
-    if options.auto:
-        if not gpu_ids:
-            return Skip(NO_GPU, quiet=True)
-        try:
-            targets, peers = _targets(gpu_ids, topo, options)
-        except GpuResolutionError as exc:
-            return Skip(str(exc))
-    else:
-        targets = [Target(label=f"node {n}", node=n) for n in options.node]
-        peers = []
-    return decide(topo, allowed, options, targets, peers)
-
-
 class Binder:
     """Per-process binding state; see :func:`process_binder`."""
 
@@ -180,6 +138,8 @@ class Binder:
             raise BindError(f"numa_bind (strict): {skip.message()}")
         if not skip.quiet:
             environment.warn_once(f"not binding: {skip.message()}; running unbound")
+        else:     # nothing to bind (no GPU, one NUMA node): said, not warned
+            environment.logger().info("not binding: %s", skip.message())
         return self._record(Binding(status="skipped", reason=skip.message(), gpus=gpus,
                                     gpu_rule=gpu_rule))
 
@@ -371,6 +331,21 @@ def _requested_without_plugin() -> bool:
     return value not in (None, "off")
 
 
+#: What ``current_binding()`` says in the process that called ``ray.init``.
+DRIVER = ("this is the Ray driver (the process that called ray.init): ray-numa binds the "
+          "workers Ray starts for tasks and actors, never the driver; to bind the driver "
+          "itself, call ray_numa.bind_current_process()")
+
+
+def _ray_driver() -> bool:
+    """Connected to Ray as its driver: Ray's own test (``RuntimeContext`` compares
+    the worker's mode; a driver runs in SCRIPT_MODE, a worker in WORKER_MODE, and
+    the mode is None when not connected)."""
+    worker = sys.modules.get("ray._private.worker")
+    mode = getattr(getattr(worker, "global_worker", None), "mode", None)
+    return mode is not None and mode == getattr(worker, "SCRIPT_MODE", None)
+
+
 def current_binding() -> Binding:
     """What this process is bound to, and why; ``status == "unbound"`` if untouched."""
     if _binder is not None:
@@ -379,6 +354,8 @@ def current_binding() -> Binding:
         return Binding(status="unbound", reason=os.environ[environment.BOOT_ERROR_ENV])
     if environment.untouched_reason:            # the worker hook had nothing to bind
         return Binding(status="skipped", reason=environment.untouched_reason)
+    if _ray_driver():
+        return Binding(status="unbound", reason=DRIVER)
     if _requested_without_plugin():
         return Binding(status="unbound", reason=PLUGIN_MISSING)
     return UNBOUND

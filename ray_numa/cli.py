@@ -106,8 +106,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from .apply import numactl_argv
-    from .binding import plan_for
     from .launcher import bind_current_process, resolve_options
+    from .planning import plan_for
     from .policy import Plan
     if not args.command:
         print("ray-numa exec: give the command after --", file=sys.stderr)

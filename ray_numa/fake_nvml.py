@@ -9,7 +9,15 @@ works against it works against a driver. Only what ray-numa calls is provided.
     {"devices": [{"uuid": "GPU-…", "name": "NVIDIA H100 80GB HBM3",
                   "bus_id": "00000000:18:00.0", "compute_capability": [9, 0],
                   "numa_node": 2,            # omit: NOT_SUPPORTED, as on x86 boards
-                  "mig_devices": ["MIG-…"]}]}
+                  "mig_devices": ["MIG-…"],
+                  "handle_error": "NO_PERMISSION"}],   # optional, see below
+     "init_error": "LIBRARY_NOT_FOUND"}     # optional: nvmlInit fails so
+
+``handle_error`` names the ``NVML_ERROR_*`` code with which the device's handle is
+refused: NVML counts every GPU of the machine, but a process whose device cgroup
+denies one (Slurm ``ConstrainDevices``) gets ``NVML_ERROR_NO_PERMISSION`` for it,
+raised by pynvml as ``NVMLError_NoPermission``. ``init_error`` is what ``nvmlInit``
+raises, e.g. ``LIBRARY_NOT_FOUND`` where no NVIDIA driver is installed.
 
 With ``RAY_NUMA_FAKE_NVML_LOG=<file>`` every ``nvmlInit`` appends its pid to the
 file, so tests can count NVML initializations per process (agent vs workers).
@@ -36,6 +44,18 @@ class _Handle:
     mig_uuid: str = ""
 
 
+def _code(name: str) -> int:
+    """``"NO_PERMISSION"`` -> ``pynvml.NVML_ERROR_NO_PERMISSION``."""
+    return getattr(pynvml, f"NVML_ERROR_{name}")
+
+
+def _usable(handle: _Handle) -> _Handle:
+    """The handle, unless the fixture says NVML refuses this device."""
+    if handle.spec.get("handle_error"):
+        raise NVMLError(_code(handle.spec["handle_error"]))
+    return handle
+
+
 class FakeNvml:
     """Module-like object: ``nvml.nvmlDeviceGetCount()`` etc."""
 
@@ -48,6 +68,8 @@ class FakeNvml:
 
     def nvmlInit(self) -> None:
         data = json.loads(self._path.read_text())
+        if data.get("init_error"):
+            raise NVMLError(_code(data["init_error"]))
         self._devices = [_Handle(spec=d) for d in data.get("devices", [])]
         self._initialized += 1
         log = os.environ.get(FAKE_NVML_LOG_ENV)
@@ -72,16 +94,16 @@ class FakeNvml:
         self._check()
         if not 0 <= index < len(self._devices):
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return self._devices[index]
+        return _usable(self._devices[index])
 
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
         self._check()
         uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
         for dev in self._devices:
             if dev.spec["uuid"] == uuid:
-                return dev
+                return _usable(dev)
             if uuid in dev.spec.get("mig_devices", []):
-                return _Handle(spec=dev.spec, parent=dev, mig_uuid=uuid)
+                return _Handle(spec=dev.spec, parent=_usable(dev), mig_uuid=uuid)
         raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:

@@ -38,7 +38,7 @@ def _selected(index_of: Callable[[], Optional[int]]) -> None:
     # imports before default_worker.py must stay cheap (binding pulls in psutil etc.)
     from .apply import BindError
     from .binding import process_binder
-    from .gpus import visible_entry
+    from .cuda_ids import visible_entry
     try:
         index = index_of()
         if index is None or index < 0:       # torch: a negative index is a no-op

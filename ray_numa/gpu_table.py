@@ -5,7 +5,8 @@ worker it is the slowest part of binding, repeated on every start although the a
 is the same for the whole node. The runtime-env agent runs the plugin's ``create``
 for every runtime_env on its node anyway, so it resolves the table there (off its
 event loop, and once per agent process: :func:`ray_numa.gpus.discover_gpus` caches)
-and ``modify_context`` passes it to the worker in :data:`~ray_numa.environment.GPU_TABLE_ENV`.
+and ``modify_context`` passes it to the worker in :data:`~ray_numa.environment.GPU_TABLE_ENV`,
+where :func:`node_gpus` returns it instead of asking NVML.
 
 A worker uses the table only when it describes the worker's own view of the node:
 the same fixture (a runtime_env may point a worker at another one) and every
@@ -20,7 +21,8 @@ import os
 from typing import Any, Optional, Tuple
 
 from . import environment
-from .gpus import Gpu, GpuResolutionError, discover_gpus, resolve_visible
+from .cuda_ids import Gpu, GpuResolutionError, resolve_visible
+from .gpus import discover_gpus
 
 VERSION = 1
 VIA_AGENT = " (resolved once per node by the runtime-env agent)"
@@ -62,6 +64,13 @@ def decode(text: str) -> Optional[Tuple[Tuple[Gpu, ...], str, str]]:
 def for_agent() -> str:
     """Resolve this node's table (NVML, else sysfs) and encode it: the agent side."""
     return encode(*discover_gpus())
+
+
+def node_gpus() -> Table:
+    """This process's GPUs and their source: in a Ray worker the table the agent
+    resolved for the node, so NVML is initialized once per node rather than once per
+    worker; elsewhere :func:`~ray_numa.gpus.discover_gpus`."""
+    return handed_over() or discover_gpus()
 
 
 def handed_over() -> Optional[Table]:

@@ -1,39 +1,27 @@
-"""Which physical GPU a CUDA device id means, and which NUMA node it sits on.
+"""This machine's GPUs, as the CUDA driver would enumerate them, and their NUMA nodes.
 
-CUDA numbers devices FASTEST_FIRST unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; NVML
-always enumerates in PCI order; ``CUDA_VISIBLE_DEVICES`` may hold indices, ``GPU-``
-UUIDs (or unique prefixes) and ``MIG-`` ids, and CUDA ignores everything from the
-first entry it cannot resolve. vLLM's simple path assumes index == local rank; this
-module does what the CUDA runtime does instead.
+What a CUDA device id means once the list is known lives one step down the line, in
+:mod:`ray_numa.cuda_ids` (its names are imported here for the callers of this module).
 """
 from __future__ import annotations
 
 import functools
 import os
-from collections import namedtuple
 from pathlib import Path
 from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 from . import environment
+from .cuda_ids import Gpu
 
 NVIDIA_VENDOR = "0x10de"
-GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers
-
-
-class GpuResolutionError(RuntimeError):
-    """A device id that names no GPU on this machine."""
-
-
-class Gpu(namedtuple("Gpu", "index bus_id uuid name compute_capability nvml_numa_node "
-                     "mig_uuids", defaults=("", "", (0, 0), None, ()))):
-    __slots__ = ()
-    index: int                      # position in PCI bus order (not NVML's index)
-    bus_id: str                     # sysfs form, e.g. 0000:18:00.0
-    uuid: str                       # default ""
-    name: str                       # default ""
-    compute_capability: Tuple[int, int]   # default (0, 0)
-    nvml_numa_node: Optional[int]   # NVML's own answer, if it has one; default None
-    mig_uuids: Tuple[str, ...]      # default ()
+GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers: NVIDIA's GPUs
+#: Vendors whose GPUs Ray may count (AMD through ROCm, Intel through oneAPI) but
+#: ray-numa does not bind: named when a process asks for a GPU that only they have.
+OTHER_GPU_VENDORS = {"0x1002": "AMD", "0x8086": "Intel"}
+#: PCI base classes of GPUs and GPU-like accelerators (AMD Instinct cards present
+#: themselves as processing accelerators), the ones hwloc keeps as important
+#: (``hwloc_filter_check_pcidev_subtype_important``: 0x03 display, 0x12).
+GPU_BASE_CLASSES = ("0x03", "0x12")
 
 
 def normalize_bus_id(bus_id: Any) -> str:
@@ -58,42 +46,58 @@ def _nvml_call(nvml: Any, name: str, *args: Any) -> Any:
         return None
 
 
-def nvml_gpus(nvml: Any) -> List[Gpu]:
-    """All GPUs NVML sees, in PCI bus order; raises NVMLError without a usable driver.
+def _nvml_gpu(nvml: Any, index: int) -> Gpu:
+    """NVML device ``index``; raises NVMLError where NVML refuses that device."""
+    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    migs = []
+    for m in range(_nvml_call(nvml, "nvmlDeviceGetMaxMigDeviceCount", handle) or 0):
+        mig = _nvml_call(nvml, "nvmlDeviceGetMigDeviceHandleByIndex", handle, m)
+        if mig is not None:
+            migs.append(nvml.nvmlDeviceGetUUID(mig))
+    numa = _nvml_call(nvml, "nvmlDeviceGetNumaNodeId", handle)
+    return Gpu(
+        index=index,
+        bus_id=normalize_bus_id(nvml.nvmlDeviceGetPciInfo(handle).busId),
+        uuid=nvml.nvmlDeviceGetUUID(handle),
+        name=nvml.nvmlDeviceGetName(handle),
+        compute_capability=tuple(
+            _nvml_call(nvml, "nvmlDeviceGetCudaComputeCapability", handle) or (0, 0)),
+        nvml_numa_node=numa if isinstance(numa, int) and numa >= 0 else None,
+        mig_uuids=tuple(migs),
+    )
+
+
+def nvml_gpus(nvml: Any) -> Tuple[List[Gpu], List[str]]:
+    """The GPUs NVML opens, in PCI bus order, and why each other device was left
+    out; raises NVMLError without a usable driver.
+
+    NVML counts every GPU of the machine, but under a device cgroup (Slurm
+    ``ConstrainDevices``, a container) it answers ``NVML_ERROR_NO_PERMISSION`` for
+    the handles of the GPUs this process may not open (NVIDIA/nvidia-docker#393:
+    "nvml: Insufficient Permissions" in a cgroup that denies 2 of 4 GPUs), and the
+    CUDA driver enumerates only the devices it can open. So an error for one device
+    leaves out that device, as CUDA does, and the rest of NVML's answer stands.
 
     NVML's own index is not guaranteed to follow the bus (it does on most boards), and
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and the peer order of the CPU split both mean
-    bus order, so the list is sorted by bus id and re-indexed.
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` means bus order, so the list is sorted by bus id
+    and re-indexed (see :class:`~ray_numa.cuda_ids.Gpu`).
     """
     nvml.nvmlInit()
     try:
-        gpus = []
+        gpus, left_out = [], []
         for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            migs = []
-            for m in range(_nvml_call(nvml, "nvmlDeviceGetMaxMigDeviceCount", handle) or 0):
-                mig = _nvml_call(nvml, "nvmlDeviceGetMigDeviceHandleByIndex", handle, m)
-                if mig is not None:
-                    migs.append(nvml.nvmlDeviceGetUUID(mig))
-            numa = _nvml_call(nvml, "nvmlDeviceGetNumaNodeId", handle)
-            gpus.append(Gpu(
-                index=index,
-                bus_id=normalize_bus_id(nvml.nvmlDeviceGetPciInfo(handle).busId),
-                uuid=nvml.nvmlDeviceGetUUID(handle),
-                name=nvml.nvmlDeviceGetName(handle),
-                compute_capability=tuple(
-                    _nvml_call(nvml, "nvmlDeviceGetCudaComputeCapability", handle) or (0, 0)),
-                nvml_numa_node=numa if isinstance(numa, int) and numa >= 0 else None,
-                mig_uuids=tuple(migs),
-            ))
+            try:
+                gpus.append(_nvml_gpu(nvml, index))
+            except nvml.NVMLError as exc:
+                left_out.append(f"NVML device {index}: {exc}")
         ordered = sorted(gpus, key=lambda g: g.bus_id)
-        return [g._replace(index=i) for i, g in enumerate(ordered)]
+        return [g._replace(index=i) for i, g in enumerate(ordered)], left_out
     finally:
         nvml.nvmlShutdown()
 
 
-def sysfs_gpus(sys_root: Path) -> List[Gpu]:
-    """NVIDIA display/3D controllers in PCI order: NVML's order, without NVML."""
+def _pci_gpus(sys_root: Path) -> List[Tuple[str, str, str]]:
+    """``(bus id, vendor, class)`` of every GPU-like PCI function, in PCI order."""
     found = []
     for dev in sorted((sys_root / "bus/pci/devices").glob("*")):
         try:
@@ -101,9 +105,108 @@ def sysfs_gpus(sys_root: Path) -> List[Gpu]:
             klass = (dev / "class").read_text().strip()
         except OSError:
             continue
-        if vendor == NVIDIA_VENDOR and klass[:6] in GPU_CLASSES:
-            found.append(dev.name)
-    return [Gpu(index=i, bus_id=b) for i, b in enumerate(found)]
+        if klass[:4] in GPU_BASE_CLASSES:
+            found.append((dev.name, vendor, klass))
+    return found
+
+
+def _nvidia_buses(sys_root: Path) -> List[str]:
+    return [bus for bus, vendor, klass in _pci_gpus(sys_root)
+            if vendor == NVIDIA_VENDOR and klass[:6] in GPU_CLASSES]
+
+
+def driver_root() -> Path:
+    """Where ``proc/driver/nvidia`` and ``dev`` are: the fixture's for a fixture
+    machine (its ``sys/`` describes another machine), else ``/``."""
+    root = environment.fixture_root()
+    return root if root is not None and environment.simulated() else Path("/")
+
+
+def _opens(bus: str, root: Path) -> Optional[str]:
+    """None if this process can open GPU ``bus``'s device file, else why it cannot
+    (or why that cannot be told).
+
+    The NVIDIA driver names the file in ``/proc/driver/nvidia/gpus/<bus>/information``
+    ("Device Minor: N" means ``/dev/nvidiaN``). Whether it opens is asked with
+    access(2) for reading and writing, as NVML and CUDA open it: the kernel answers
+    it with the same ``inode_permission`` check open(2) makes, where the device
+    cgroup decides (``devcgroup_inode_permission``, also for root), without calling
+    the driver's open, which initializes a GPU that is not in persistence mode.
+    A fixture says "cannot open" by leaving the file out of its ``dev/``, as a
+    container does with the GPUs it was not given: tests run as root, whom file
+    modes never stop.
+    """
+    info = root / "proc/driver/nvidia/gpus" / bus / "information"
+    try:
+        text = info.read_text()
+    except OSError as exc:
+        return f"{bus}: the NVIDIA driver does not list it ({info}: {exc.strerror})"
+    minor = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("Device Minor:")), "")
+    if not minor.isdigit():
+        return f"{bus}: no device minor in {info}"
+    if any(line.startswith("GPU Excluded:") and "Yes" in line for line in text.splitlines()):
+        return f"{bus}: the NVIDIA driver excludes it (NVreg_ExcludedGpus)"
+    device = root / "dev" / f"nvidia{minor}"
+    if not os.access(device, os.R_OK | os.W_OK):
+        reason = "missing" if not os.path.lexists(device) else "not allowed"
+        return f"{bus}: this process cannot open {device} ({reason})"
+    return None
+
+
+def sysfs_gpus(sys_root: Path, root: Path) -> Tuple[List[Gpu], List[str]]:
+    """The NVIDIA GPUs in PCI order that this process can open, and why each other
+    one was left out: NVML's answer, without NVML.
+
+    sysfs shows every GPU of the machine whatever the device cgroup allows, so each
+    is counted only where :func:`_opens` says it opens (driver files under ``root``);
+    where that cannot be told, it is left out with the reason, never guessed in.
+    """
+    found, left_out = [], []
+    for bus in _nvidia_buses(sys_root):
+        why = _opens(bus, root)
+        if why is None:
+            found.append(bus)
+        else:
+            left_out.append(why)
+    return [Gpu(index=i, bus_id=b) for i, b in enumerate(found)], left_out
+
+
+def machine_gpus(gpus: Sequence[Gpu], sys_root: Path) -> List[Gpu]:
+    """Every GPU of the machine in PCI order: ``gpus`` (those this process opens)
+    and each other GPU bound to the ``nvidia`` driver, as sysfs lists them in
+    ``bus/pci/drivers/nvidia`` (one directory read; the class file is read only for
+    a function ``gpus`` does not have).
+
+    The CPU modes that split a node among its GPUs give each GPU its share by its
+    place among all the node's GPUs (``policy._share_of``), so that processes
+    confined to different GPUs of one node (two Slurm jobs under
+    ``ConstrainDevices``) get disjoint shares, as they do when each sees every GPU.
+    GPUs bound to another driver (vfio-pci: passed to a VM) are nobody's here;
+    NVSwitches have their own driver (nvidia-nvswitch).
+    """
+    known = {g.bus_id for g in gpus}
+    try:
+        bound = os.listdir(sys_root / "bus/pci/drivers/nvidia")
+    except OSError:
+        return list(gpus)
+    others = [Gpu(index=-1, bus_id=bus) for bus in bound
+              if bus not in known and bus.count(":") == 2 and _class(sys_root, bus)[:6]
+              in GPU_CLASSES]
+    return sorted([*gpus, *others], key=lambda g: g.bus_id)
+
+
+def _class(sys_root: Path, bus: str) -> str:
+    try:
+        return (sys_root / "bus/pci/devices" / bus / "class").read_text().strip()
+    except OSError:
+        return ""
+
+
+def other_vendor_gpus(sys_root: Path) -> List[str]:
+    """The GPUs of :data:`OTHER_GPU_VENDORS` in sysfs, as ``"AMD 0000:05:00.0"``."""
+    return [f"{OTHER_GPU_VENDORS[vendor]} {bus}" for bus, vendor, _ in _pci_gpus(sys_root)
+            if vendor in OTHER_GPU_VENDORS]
 
 
 def load_nvml() -> Any:
@@ -120,132 +223,23 @@ def load_nvml() -> Any:
 def _discover(fixture: Optional[str]) -> Tuple[Tuple[Gpu, ...], str]:
     nvml = load_nvml()
     try:
-        return tuple(nvml_gpus(nvml)), "nvml"
+        gpus, left_out = nvml_gpus(nvml)
+        source = "nvml"
     except nvml.NVMLError as exc:
-        gpus = sysfs_gpus(environment.sys_root())
-        return tuple(gpus), f"sysfs (NVML unavailable: {exc})"
+        gpus, left_out = sysfs_gpus(environment.sys_root(), driver_root())
+        source = f"sysfs (NVML unavailable: {exc})"
+    if left_out:
+        source += (f"; {len(left_out)} GPU(s) left out, which this process cannot "
+                   f"open or ray-numa cannot tell: {'; '.join(left_out)}")
+        environment.logger().debug("GPUs from %s", source)
+    return tuple(gpus), source
 
 
 def discover_gpus() -> Tuple[Tuple[Gpu, ...], str]:
-    """This machine's GPUs in PCI order and where the list came from; cached.
-
-    In a Ray worker, the table the runtime-env agent resolved for the node, so
-    that NVML is initialized once per node rather than once per worker."""
-    from .gpu_table import handed_over   # imports this module: import here
-    return handed_over() or _discover(os.environ.get(environment.FIXTURE_ENV))
-
-
-def cuda_enumeration(gpus: Sequence[Gpu], device_order: Optional[str]) -> List[Gpu]:
-    """GPUs in the order CUDA numbers them.
-
-    FASTEST_FIRST (CUDA's default) puts the most capable device first and keeps PCI
-    order among equals; it only differs from PCI order on mixed-GPU machines, where
-    CUDA's exact speed heuristic is approximated by compute capability.
-    """
-    if (device_order or "FASTEST_FIRST").upper() == "PCI_BUS_ID":
-        return list(gpus)
-    return sorted(gpus, key=lambda g: (tuple(-c for c in g.compute_capability), g.index))
-
-
-def _strtoul(text: str) -> int:
-    """The number an entry starts with, as CUDA's strtoul-style parser reads it
-    ("1gpu2" is 1, "+3" is 3, "-0" is 0); -1 for none, < 0 for a negative number.
-    String methods, not a regex: compiling one costs each GPU worker ~0.35 M
-    instructions."""
-    body = text[1:] if text[:1] in ("+", "-") else text
-    digits = body[:len(body) - len(body.lstrip("0123456789"))]
-    return int(text[:len(text) - len(body)] + digits) if digits else -1
-
-
-def parse_visible(value: Optional[str]) -> Optional[List[str]]:
-    """``CUDA_VISIBLE_DEVICES`` as CUDA reads it; None when unset (all visible).
-
-    Modelled on torch's ``_parse_visible_devices``: one kind of id per list (a list
-    starting with ``GPU-`` or ``MIG-`` holds only those; otherwise ordinals), reading
-    stops at the first entry that is not one (``-1``, an empty entry, a word), an
-    ordinal is the number an entry starts with, and a repeated entry makes CUDA see
-    no device at all.
-    """
-    if value is None:
-        return None
-    for prefix in ("GPU-", "MIG-"):
-        if value.startswith(prefix):
-            ids: List[str] = []
-            for elem in value.split(","):
-                if elem in ids:
-                    return []
-                if not elem.startswith(prefix):
-                    break
-                ids.append(elem)
-            return ids
-    ordinals: List[int] = []
-    for elem in value.split(","):
-        number = _strtoul(elem.strip())
-        if number in ordinals:
-            return []
-        if number < 0:
-            break
-        ordinals.append(number)
-    return [str(n) for n in ordinals]
-
-
-def _match(entry: str, ordered: Sequence[Gpu]) -> Optional[Gpu]:
-    if entry.isdigit():
-        return ordered[int(entry)] if int(entry) < len(ordered) else None
-    if entry.startswith("MIG-"):
-        if "/" in entry:   # legacy MIG-GPU-<uuid>/<gi>/<ci>
-            entry = entry[len("MIG-"):].split("/")[0]
-        else:
-            return next((g for g in ordered if entry in g.mig_uuids), None)
-    hits = [g for g in ordered if g.uuid and g.uuid.startswith(entry)]
-    return hits[0] if len(hits) == 1 else None     # a prefix must be unique
-
-
-def resolve_visible(entries: Sequence[str], gpus: Sequence[Gpu],
-                    device_order: Optional[str] = None) -> List[Gpu]:
-    """Physical GPUs named by ``CUDA_VISIBLE_DEVICES``-style entries, in order.
-
-    Like CUDA (and torch's ``_transform_uuid_to_ordinals``): entries are read by
-    :func:`parse_visible`, resolution stops at the first entry that names no device
-    (out of range, unknown or ambiguous id), and naming one GPU twice leaves none.
-    Unlike CUDA, says so.
-    """
-    listed = ",".join(str(e).strip() for e in entries)
-    ordered = cuda_enumeration(gpus, device_order)
-    out: List[Gpu] = []
-    for entry in parse_visible(listed) or []:
-        gpu = _match(entry, ordered)
-        if gpu is None:
-            if not out:
-                break
-            environment.warn_once(
-                f"CUDA_VISIBLE_DEVICES entry {entry!r} names no GPU; CUDA ignores it "
-                "and every entry after it, and so does ray-numa")
-            return out
-        if gpu in out:
-            raise GpuResolutionError(
-                f"CUDA devices {listed!r} name GPU {gpu.index} twice, so CUDA sees none")
-        out.append(gpu)
-    if not out:
-        raise GpuResolutionError(
-            f"CUDA device {listed!r} names none of this machine's "
-            f"{len(gpus)} GPU(s) ({_describe(gpus)}) as CUDA reads it")
-    return out
-
-
-def visible_entry(logical: int, visible: Optional[str]) -> str:
-    """The node-level device id behind ``cuda:<logical>`` in a process whose
-    ``CUDA_VISIBLE_DEVICES`` is ``visible`` (unset: ids are CUDA indices)."""
-    entries = parse_visible(visible)
-    if entries is None:
-        return str(logical)
-    if not 0 <= logical < len(entries):
-        read = f"; CUDA reads it as {','.join(entries) or 'no device'}" \
-            if ",".join(entries) != visible else ""
-        raise GpuResolutionError(
-            f"cuda:{logical} does not exist: {len(entries)} GPU(s) visible "
-            f"(CUDA_VISIBLE_DEVICES={visible!r}{read})")
-    return entries[logical]
+    """The GPUs this process can open, in PCI order, and where the list came from
+    (and what it left out); cached. A Ray worker takes the agent's table instead:
+    :func:`ray_numa.gpu_table.node_gpus`."""
+    return _discover(os.environ.get(environment.FIXTURE_ENV))
 
 
 def pci_numa_node(bus_id: str, sys_root: Path) -> Optional[int]:
@@ -267,7 +261,3 @@ def gpu_numa_node(gpu: Gpu, sys_root: Path,
     if gpu.nvml_numa_node is not None and (online is None or gpu.nvml_numa_node in online):
         return gpu.nvml_numa_node
     return pci_numa_node(gpu.bus_id, sys_root)
-
-
-def _describe(gpus: Sequence[Gpu]) -> str:
-    return ", ".join(f"{g.index}:{g.bus_id}" for g in gpus) or "none"

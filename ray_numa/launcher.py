@@ -11,7 +11,7 @@ import os
 from typing import Any, Mapping, Optional, Union
 
 from .binding import Binding, process_binder
-from .gpus import GpuResolutionError, parse_visible, visible_entry
+from .cuda_ids import GpuResolutionError, parse_visible, visible_entry
 from .options import BindOptions, parse
 from .policy import Skip
 

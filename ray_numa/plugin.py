@@ -33,7 +33,7 @@ except ImportError as _exc:   # pragma: no cover - another Ray
 
 from . import prepared
 from .apply import BindError, numactl_argv, probe_numactl
-from .binding import plan_for
+from .planning import plan_for
 from .gpu_table import for_agent as node_gpu_table
 from .options import BindOptions, parse
 from .policy import Skip

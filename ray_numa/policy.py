@@ -55,7 +55,9 @@ class Skip(namedtuple("Skip", "reason fix quiet", defaults=("", False))):
     __slots__ = ()
     reason: str
     fix: str                     # default ""
-    quiet: bool                  # expected (no GPU, span="skip"): no warning; default False
+    #: Nothing to bind (no GPU, one NUMA node, span="skip"): logged, not warned, and
+    #: no failure for strict, which refuses only a binding it cannot make; default False
+    quiet: bool
 
     def message(self) -> str:
         return f"{self.reason}; {self.fix}" if self.fix else self.reason
@@ -288,7 +290,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
                 held = f" (node {only}; node(s) {_nodes_text(others)} hold memory only)" \
                     if others else ""
                 return Skip(f"this machine has a single NUMA node{' with CPUs' if others else ''}"
-                            f"{held}; nothing to bind")
+                            f"{held}; nothing to bind", quiet=True)
             leave_memory = bool(others)
     skip = _unplaceable(topo, targets, explicit_cpus)
     if skip is not None:

@@ -2,7 +2,7 @@
 
 The agent runs the plugin's ``create`` for every runtime_env, and for "auto" already
 resolves the node's GPU table there (:mod:`ray_numa.gpu_table`). It also plans each
-GPU id Ray may assign on the node, with the same :func:`ray_numa.binding.plan_for` a
+GPU id Ray may assign on the node, with the same :func:`ray_numa.planning.plan_for` a
 worker would run, and ``modify_context`` hands the plans over in
 :data:`~ray_numa.environment.PLANS_ENV`. A worker assigned one GPU takes its plan from
 there: no topology read, no GPU id resolved, nothing planned, and the modules that do
@@ -52,8 +52,9 @@ def _decode(entry: Dict[str, Any]) -> Any:
 def for_agent(options: Any) -> str:
     """Plan every GPU id Ray may assign on this node (its ``CUDA_VISIBLE_DEVICES``
     entries, else every GPU's index), for ``options`` in this process (the agent)."""
-    from .binding import plan_for
-    from .gpus import discover_gpus, parse_visible
+    from .cuda_ids import parse_visible
+    from .gpus import discover_gpus
+    from .planning import plan_for
     from .topology import machine_topology, process_allowed
 
     limits = process_limits()

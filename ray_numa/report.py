@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 from . import environment
 from .apply import probe_mempolicy
-from .binding import plan_for
+from .planning import plan_for
 from .gpus import discover_gpus, gpu_numa_node
 from .options import BindOptions
 from .policy import Plan

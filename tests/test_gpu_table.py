@@ -51,7 +51,7 @@ def test_table_round_trips_every_gpu_field(on_machine):
 def test_worker_with_the_table_never_initializes_nvml(mig_machine, nvml_log, monkeypatch):
     _, table = mig_machine
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", json.loads(table)["gpus"][0]["mig_uuids"][1])
-    found, source = gpus.discover_gpus()
+    found, source = gpu_table.node_gpus()
     assert source == "nvml" + gpu_table.VIA_AGENT
     assert len(found) == 8 and found[5].mig_uuids
     assert nvml_log() == []
@@ -69,7 +69,7 @@ def test_worker_falls_back_to_nvml(case, mig_machine, nvml_log, monkeypatch, tmp
         monkeypatch.setenv(environment.GPU_TABLE_ENV, table[:40])
     else:
         monkeypatch.setenv(environment.GPU_TABLE_ENV, table.replace('"version":1', '"version":0'))
-    found, source = gpus.discover_gpus()
+    found, source = gpu_table.node_gpus()
     assert source == "nvml" and len(found) == 8
     assert nvml_log() == [os.getpid()]
 

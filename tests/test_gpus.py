@@ -6,8 +6,9 @@ import pytest
 
 from ray_numa import gpus
 from ray_numa.fake_nvml import FakeNvml
-from ray_numa.gpus import (GpuResolutionError, cuda_enumeration, gpu_numa_node,
-                           normalize_bus_id, resolve_visible, visible_entry)
+from ray_numa.cuda_ids import (GpuResolutionError, cuda_enumeration, parse_visible,
+                               resolve_visible, visible_entry)
+from ray_numa.gpus import gpu_numa_node, normalize_bus_id
 
 
 def _machine(on_machine, name):
@@ -128,7 +129,7 @@ VISIBLE_CASES = [
 
 @pytest.mark.parametrize("value,entries", VISIBLE_CASES)
 def test_visible_devices_read_as_cuda_does(value, entries):
-    assert gpus.parse_visible(value) == entries
+    assert parse_visible(value) == entries
 
 
 def test_visible_devices_resolution_like_torch(on_machine):
@@ -167,15 +168,15 @@ class _OldBindings:
 
 def test_missing_nvml_function_is_not_supported(machine_tree):
     nvml = FakeNvml(machine_tree("gb200") / "nvml.json")
-    found = gpus.nvml_gpus(_OldBindings(nvml))
-    assert len(found) == 4 and all(g.nvml_numa_node is None for g in found)
+    found, left_out = gpus.nvml_gpus(_OldBindings(nvml))
+    assert len(found) == 4 and all(g.nvml_numa_node is None for g in found) and not left_out
 
 
 def test_gpus_are_listed_in_bus_order_whatever_nvml_index(machine_tree, tmp_path):
     spec = json.loads((machine_tree("dgx-h100") / "nvml.json").read_text())
     spec["devices"].reverse()                  # NVML index 0 = bus db
     (tmp_path / "nvml.json").write_text(json.dumps(spec))
-    found = gpus.nvml_gpus(FakeNvml(tmp_path / "nvml.json"))
+    found, _ = gpus.nvml_gpus(FakeNvml(tmp_path / "nvml.json"))
     assert [g.bus_id[5:7] for g in found] == ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]
     assert [g.index for g in found] == list(range(8))
 
