@@ -1,0 +1,142 @@
+"""Point a GPU worker's RDMA libraries at its GPU's own NIC, through their variables.
+
+``numa_bind: {"nic": "auto"}``: the NIC(s) NCCL's rules give the GPU
+(:mod:`ray_numa.pcipath`) go into the variables each library reads once, when it
+initializes, in its own syntax:
+
+- ``UCX_NET_DEVICES=mlx5_0:1`` (UCX, and NIXL's UCX backend: ``device:port`` list);
+- ``NVSHMEM_HCA_LIST=mlx5_0:1`` (NVSHMEM: ``hca[:port]`` list);
+- ``UCCL_P2P_RDMA_DEV=mlx5_0`` (UCCL P2P: device names, no port);
+- ``NCCL_IB_HCA==mlx5_0:1`` only when asked (the leading ``=`` is NCCL's exact-match
+  prefix), since NCCL already picks a NIC per GPU and PXN uses the others.
+
+A variable already in the environment that ray-numa did not put there (the user's,
+the job's ``env_vars``) is never changed.
+
+The one write to ``os.environ`` is :func:`_write`. It is not in :mod:`ray_numa.apply`
+because apply's backend stands in for the kernel (a recording backend on fixture
+machines), whereas the environment is the same object on every machine: the value
+set here *is* what the test and the user observe, and it must also be undone by
+value (only while it still holds what ray-numa wrote).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections import namedtuple
+from pathlib import Path
+from typing import Dict, Mapping, MutableMapping, Optional, Sequence, Tuple
+
+from . import environment
+from .gpus import discover_gpus, resolve_visible
+from .nics import pci_place, read_nics
+from .pcipath import CLASSES, NicChoice, choose, compute_nets
+
+#: Modules that read each variable when they load or initialize: if one is already
+#: imported when the value changes (a follow), the record says it may keep the old NIC.
+READERS = {"UCX_NET_DEVICES": ("ucp", "ucxx", "nixl", "rixl"),
+           "NVSHMEM_HCA_LIST": ("nvshmem",),
+           "UCCL_P2P_RDMA_DEV": ("uccl",),
+           "NCCL_IB_HCA": ()}
+
+
+def values(choice: NicChoice, names: Sequence[str]) -> Dict[str, str]:
+    """Each variable's value for ``choice``, in its library's syntax."""
+    ports, devices = ",".join(choice.nets), ",".join(dict.fromkeys(choice.devices))
+    syntax = {"UCX_NET_DEVICES": ports, "NVSHMEM_HCA_LIST": ports,
+              "UCCL_P2P_RDMA_DEV": devices, "NCCL_IB_HCA": "=" + ports}
+    return {name: syntax[name] for name in names}
+
+
+def plan(wanted: Mapping[str, str], environ: Mapping[str, str],
+         ours: Mapping[str, str]) -> Tuple[Dict[str, Optional[str]], Tuple[str, ...]]:
+    """What to write (None: unset) and which wanted variables to leave as found.
+
+    A variable is ray-numa's while it still holds the value ray-numa wrote
+    (``ours``); anything else present is the user's or the job's and stays.
+    """
+    def mine(name: str) -> bool:
+        return name not in environ or environ[name] == ours.get(name)
+
+    writes: Dict[str, Optional[str]] = {n: v for n, v in wanted.items() if mine(n)}
+    kept = tuple(n for n in wanted if not mine(n))
+    for name in ours:
+        if name not in wanted and environ.get(name) == ours[name]:
+            writes[name] = None           # set for the previous GPU, none now
+    return writes, kept
+
+
+class NicOutcome(namedtuple("NicOutcome", "nets path assigned ours notes")):
+    __slots__ = ()
+    nets: Tuple[str, ...]          # "mlx5_0:1", ...
+    path: str                      # PIX | PXB | PHB | NODE | SYS | ""
+    assigned: Tuple[str, ...]      # "NAME=value" as this process now has them
+    ours: Dict[str, str]           # what ray-numa wrote and still owns
+    notes: Tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=4)
+def _machine_choices(sys_root: str) -> Dict[str, NicChoice]:
+    """Every GPU's choice by bus id: the spread depends on all GPUs and NICs."""
+    root = Path(sys_root)
+    gpus, _ = discover_gpus()
+    placed = [(g, pci_place(root, g.bus_id)) for g in gpus]
+    placed = [(g, p) for g, p in placed if p is not None]
+    chosen = choose([(g.index, p) for g, p in placed], compute_nets(read_nics(root)))
+    return {g.bus_id: chosen[g.index] for g, _ in placed if g.index in chosen}
+
+
+def choice_for(gpu_ids: Sequence[str]) -> Optional[NicChoice]:
+    """The NIC(s) for the GPUs named (as CUDA/Ray name them): the union of each
+    GPU's, the farthest class; None when none of them has a compute NIC."""
+    gpus, _ = discover_gpus()
+    chosen = resolve_visible(list(gpu_ids), gpus, os.environ.get("CUDA_DEVICE_ORDER"))
+    table = _machine_choices(str(environment.sys_root()))
+    picks = [table[g.bus_id] for g in chosen if g.bus_id in table]
+    if not picks:
+        return None
+    nets = tuple(dict.fromkeys(n for p in picks for n in p.nets))
+    return NicChoice(gpu=picks[0].gpu, nets=nets,
+                     path=max((p.path for p in picks), key=CLASSES.index))
+
+
+def _write(writes: Mapping[str, Optional[str]],
+           environ: MutableMapping[str, str]) -> None:
+    for name, value in writes.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+
+
+def settle(names: Sequence[str], gpu_ids: Sequence[str], ours: Mapping[str, str],
+           environ: Optional[MutableMapping[str, str]] = None) -> NicOutcome:
+    """Set ``names`` for the GPUs' NIC(s) (unset what was set for earlier GPUs when
+    there are none now) and say what happened. Never raises: a machine whose NICs
+    cannot be read gets a note, and its variables stay as they were."""
+    environ = os.environ if environ is None else environ
+    notes = []
+    try:
+        choice = choice_for(gpu_ids) if gpu_ids and names else None
+    except Exception as exc:         # unreadable GPUs or sysfs: leave everything
+        return NicOutcome((), "", (), dict(ours),
+                          (f"nic: not chosen ({type(exc).__name__}: {exc})",))
+    if choice is None and gpu_ids and names:
+        notes.append(f"nic: no active compute RDMA NIC for GPU {','.join(gpu_ids)}; "
+                     f"{', '.join(names)} left as they were")
+    wanted = values(choice, names) if choice else {}
+    writes, kept = plan(wanted, environ, ours)
+    loaded = [m for n, v in writes.items() if n in ours and v != ours[n]
+              for m in READERS.get(n, ()) if m in sys.modules]
+    if loaded:
+        notes.append(f"nic: {', '.join(sorted(set(loaded)))} already loaded before the NIC "
+                     "changed: it may keep the NIC it read at initialization")
+    notes += [f"nic: {n} already set to {environ[n]!r} (by the user or job): left as is"
+              for n in kept]
+    _write(writes, environ)
+    mine = {n: v for n, v in {**ours, **writes}.items()
+            if v is not None and environ.get(n) == v}
+    assigned = tuple(f"{n}={environ[n]}" for n in names if n in environ)
+    return NicOutcome(choice.nets if choice else (), choice.path if choice else "",
+                      assigned, mine, tuple(notes))
