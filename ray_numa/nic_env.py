@@ -26,7 +26,7 @@ import os
 import sys
 from collections import namedtuple
 from pathlib import Path
-from typing import Dict, Mapping, MutableMapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 from . import environment
 from .gpus import discover_gpus, resolve_visible
@@ -140,3 +140,23 @@ def settle(names: Sequence[str], gpu_ids: Sequence[str], ours: Mapping[str, str]
     assigned = tuple(f"{n}={environ[n]}" for n in names if n in environ)
     return NicOutcome(choice.nets if choice else (), choice.path if choice else "",
                       assigned, mine, tuple(notes))
+
+
+def audit_warnings(binding: Mapping, environ: Mapping[str, str], sys_root: Path) -> List[str]:
+    """What ``ray-numa audit`` says about a GPU worker's NIC: a chosen NIC across
+    sockets (SYS), or ``UCX_NET_DEVICES=all`` (as ray-numa recorded it, else as the
+    process started with it) on a node with several compute NICs, where UCX would
+    spread the GPU's traffic over NICs on both sockets."""
+    if not binding.get("gpus"):
+        return []
+    out = []
+    if binding.get("nic_path") == "SYS":
+        out.append(f"nic: {','.join(binding.get('nic') or ())} is across sockets (SYS) "
+                   "from its GPU")
+    recorded = dict(v.split("=", 1) for v in binding.get("nic_vars") or ())
+    if recorded.get("UCX_NET_DEVICES", environ.get("UCX_NET_DEVICES")) == "all":
+        count = len({n.nic.name for n in compute_nets(read_nics(sys_root))})
+        if count > 1:
+            out.append(f"nic: UCX_NET_DEVICES=all on a node with {count} RDMA NICs; "
+                       'numa_bind {"nic": "auto"} sets the GPU\'s own')
+    return out
