@@ -19,7 +19,10 @@ Choosing (``src/graph/topo.cc``): ``ncclTopoGetLocal`` keeps, for a GPU, the NIC
 with the highest path bandwidth and then the best path type; ``ncclTopoGetLocalNetType``
 spreads GPUs sharing those NICs: ``netsPerGpu = DIVUP(nets, gpus)`` (policy AUTO),
 the first NIC at ``gpu.dev % gpus``, bit-mirrored when the NIC count is a power of
-two (``mirrorBits``), then ``netsPerGpu`` consecutive ones.
+two (``mirrorBits``), then ``netsPerGpu`` consecutive ones. ``gpu.dev`` is the NVML
+index (``ncclTopoGetXmlFromGpu`` in ``src/graph/xml.cc``), the PCI-order index here.
+NCCL counts only the GPUs of its communicator (``ncclTopoTrimSystem``); this counts
+every GPU of the machine, i.e. a job that uses them all, as a node's Ray workers do.
 """
 from __future__ import annotations
 
