@@ -24,7 +24,8 @@ AUTO = parse({"nic": "auto"})
 def clean_env(monkeypatch):
     """No NIC variable set; whatever a test sets is undone afterwards."""
     for name in NIC_VARS + ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")      # records the value to restore, absent included
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
