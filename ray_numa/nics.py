@@ -137,7 +137,7 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
         except OSError:
             continue
         if not _BDF.match(bdf):
-            continue                 # a software device (rxe, siw) has no PCI function
+            continue          # no PCI function behind it (e.g. a parentless soft device)
         ports = tuple(p for p in (_port(dev / "ports" / n) for n in _listdir(dev / "ports"))
                       if p is not None)
         nics.append(RdmaNic(name=name, bdf=bdf, ports=ports,

@@ -146,7 +146,7 @@ def test_partial_and_broken_sysfs_never_raises(tmp_path):
     (ib / "mlx5_0/ports/1").mkdir(parents=True)           # no device link at all
     (ib / "mlx5_1").mkdir()
     os.symlink("../../../devices/nowhere", ib / "mlx5_1/device")   # dangling
-    (ib / "rxe0").mkdir()                                  # soft RoCE: no PCI function
+    (ib / "rxe0").mkdir()                                  # no device link: skipped
     (ib / "mlx5_2/ports/1").mkdir(parents=True)
     (ib / "mlx5_2/ports/notaport").mkdir()
     (ib / "mlx5_2/ports/1/rate").write_text("fast\n")
