@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from . import environment
 from .apply import BindError
-from .options import OptionsError
+from .options import NIC_VARS, OptionsError
 from .topology import format_cpulist, parse_cpulist
 
 #: How ``show`` prints a CUDA variable that is not set, and what that means.
@@ -79,10 +79,11 @@ def format_nics(nics: Dict[str, Any]) -> str:
             + [",".join(nics["chosen"].get(g, {}).get("nets", [])) or "-"]
             for g, row in nics["matrix"].items()]
     ports = ["; ".join(f"{d['name']}:{p['port']} {p['state'] or '?'} {p['link_layer']} "
-                       f"{p['rate_gbps']:g}G{' eligible' if p['eligible'] else ''}"
+                       f"{'?' if p['rate_gbps'] is None else format(p['rate_gbps'], 'g')}G"
+                       f"{' eligible' if p['eligible'] else ''}"
                        for p in d["ports"]) for d in nics["devices"]]
     return ("\nGPU x NIC (PIX: same PCIe switch, PXB: several switches, PHB: same host "
-            "bridge, NODE: same NUMA node, SYS: across sockets)\n"
+            "bridge, NODE: same NUMA node, SYS: across NUMA nodes, or a NUMA node unknown)\n"
             + _table(rows, [""] + names + ['nic: "auto"']) + "\n  " + "\n  ".join(ports))
 
 
@@ -96,12 +97,23 @@ def _options_value(args: argparse.Namespace) -> Any:
                          if args.cpus[0].isdigit() else args.cpus)
     if args.memory:
         value["memory"] = args.memory
-    if args.nic:
-        value["nic"] = (args.nic if args.nic in ("auto", "off")
-                        else {"vars": args.nic.split(",")})
+    if args.nic is not None:
+        value["nic"] = _nic_value(args.nic)
     if args.strict or (_explicit(args) and not args.best_effort):
         value["strict"] = True
     return value
+
+
+def _nic_value(text: str) -> Any:
+    """``--nic auto|off|VAR,...`` as the ``nic`` option; a bad value is an error
+    about --nic itself, not the whole list of numa_bind forms."""
+    if text.strip() in ("auto", "off"):
+        return text.strip()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or not all(n in NIC_VARS for n in names):
+        raise ValueError(f"--nic {text!r}: give auto, off, or a comma-separated list of "
+                         f"{', '.join(NIC_VARS)}")
+    return {"vars": names}
 
 
 def _explicit(args: argparse.Namespace) -> bool:

@@ -21,7 +21,6 @@ value (only while it still holds what ray-numa wrote).
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections import namedtuple
@@ -30,13 +29,15 @@ from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tupl
 
 from . import environment
 from .gpus import discover_gpus, resolve_visible
-from .nics import pci_place, read_nics
+from .nics import RdmaNic, pci_place, read_nics
 from .pcipath import CLASSES, NicChoice, choose, compute_nets
 
 #: Modules that read each variable when they load or initialize: if one is already
 #: imported when the value changes (a follow), the record says it may keep the old NIC.
+#: DeepEP bundles NVSHMEM. NCCL reads NCCL_IB_HCA once per process (``ncclIbInit``);
+#: whether it has is told by :func:`_nccl_started`, not by a module being imported.
 READERS = {"UCX_NET_DEVICES": ("ucp", "ucxx", "nixl", "rixl"),
-           "NVSHMEM_HCA_LIST": ("nvshmem",),
+           "NVSHMEM_HCA_LIST": ("nvshmem", "deep_ep"),
            "UCCL_P2P_RDMA_DEV": ("uccl",),
            "NCCL_IB_HCA": ()}
 
@@ -76,29 +77,77 @@ class NicOutcome(namedtuple("NicOutcome", "nets path assigned ours notes")):
     notes: Tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=4)
-def _machine_choices(sys_root: str) -> Dict[str, NicChoice]:
-    """Every GPU's choice by bus id: the spread depends on all GPUs and NICs."""
-    root = Path(sys_root)
-    gpus, _ = discover_gpus()
-    placed = [(g, pci_place(root, g.bus_id)) for g in gpus]
-    placed = [(g, p) for g, p in placed if p is not None]
-    chosen = choose([(g.index, p) for g, p in placed], compute_nets(read_nics(root)))
-    return {g.bus_id: chosen[g.index] for g, _ in placed if g.index in chosen}
+def _dev_root() -> Path:
+    """``/dev``, or the fixture's ``dev/`` on a fixture machine.
+
+    Not :func:`environment.fixture_file`, which falls back to this machine's file
+    when the fixture lacks one: a fixture without ``dev/infiniband/uverbsN`` describes
+    a machine that lacks it (an RDMA-less container). Tests run as root, for whom a
+    file's mode does not block an open, so a fixture says "not usable" by leaving the
+    node out, not by its mode.
+    """
+    root = environment.fixture_root()
+    return root / "dev" if root is not None and environment.simulated() else Path("/dev")
 
 
-def choice_for(gpu_ids: Sequence[str]) -> Optional[NicChoice]:
+def _usable(nic: RdmaNic, dev: Path) -> bool:
+    """Whether this process can use the NIC through libibverbs, which opens
+    ``/dev/infiniband/uverbsN`` read-write (``ibv_open_device``). A container started
+    without the RDMA devices (or whose device cgroup denies them) still sees
+    ``/sys/class/infiniband``; only the open tells. Opening and closing it allocates
+    no verbs context (that is the GET_CONTEXT command, which is not sent here)."""
+    if not nic.verbs:
+        return False
+    try:
+        fd = os.open(dev / "infiniband" / nic.verbs, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoice], str]:
     """The NIC(s) for the GPUs named (as CUDA/Ray name them): the union of each
-    GPU's, the farthest class; None when none of them has a compute NIC."""
+    GPU's, the farthest class; or None and why. ``hca``: the job's NCCL_IB_HCA
+    (:func:`~ray_numa.pcipath.compute_nets`).
+
+    Read afresh on every call (a bind, a follow, a pooled worker's next GPU), not
+    cached for the process: port states change (a link goes down), and the read is a
+    few dozen sysfs files. The spread depends on every GPU and NIC of the machine.
+    """
     gpus, _ = discover_gpus()
     chosen = resolve_visible(list(gpu_ids), gpus, os.environ.get("CUDA_DEVICE_ORDER"))
-    table = _machine_choices(str(environment.sys_root()))
-    picks = [table[g.bus_id] for g in chosen if g.bus_id in table]
+    root = environment.sys_root()
+    places = {g.bus_id: pci_place(root, g.bus_id) for g in gpus}
+    nics = read_nics(root)
+    dev = _dev_root()
+    usable = [n for n in nics if _usable(n, dev)]
+    table = choose([(g.index, places[g.bus_id]) for g in gpus if places[g.bus_id]],
+                   compute_nets(usable, hca))
+    picks = [table[g.index] for g in chosen if places[g.bus_id] and g.index in table]
+    named = ",".join(gpu_ids)
     if not picks:
-        return None
+        if chosen and not any(places[g.bus_id] for g in chosen):
+            return None, (f"the PCI path of GPU {named} is unknown (no "
+                          f"{root}/bus/pci/devices/<bus id> link), so its NIC cannot be told")
+        if nics and not usable:
+            return None, ("RDMA devices are in sysfs but no verbs device "
+                          f"({dev}/infiniband/uverbsN) opens read-write here (a container "
+                          "without the RDMA devices?)")
+        return None, f"no active compute RDMA NIC for GPU {named}"
     nets = tuple(dict.fromkeys(n for p in picks for n in p.nets))
     return NicChoice(gpu=picks[0].gpu, nets=nets,
-                     path=max((p.path for p in picks), key=CLASSES.index))
+                     path=max((p.path for p in picks), key=CLASSES.index)), ""
+
+
+def _nccl_started() -> bool:
+    """torch.distributed has a process group, so NCCL may already have read
+    NCCL_IB_HCA. Read from ``sys.modules`` only: importing torch costs seconds."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        return bool(dist is not None and dist.is_initialized())
+    except Exception:
+        return False
 
 
 def _write(writes: Mapping[str, Optional[str]],
@@ -117,18 +166,25 @@ def settle(names: Sequence[str], gpu_ids: Sequence[str], ours: Mapping[str, str]
     cannot be read gets a note, and its variables stay as they were."""
     environ = os.environ if environ is None else environ
     notes = []
+    # the job's NCCL_IB_HCA names its compute fabric; ray-numa's own value does not
+    hca = environ.get("NCCL_IB_HCA", "")
+    hca = "" if hca == ours.get("NCCL_IB_HCA") else hca
+    choice, why = None, ""
     try:
-        choice = choice_for(gpu_ids) if gpu_ids and names else None
+        if gpu_ids and names:
+            choice, why = choice_for(gpu_ids, hca)
     except Exception as exc:         # unreadable GPUs or sysfs: leave everything
         return NicOutcome((), "", (), dict(ours),
                           (f"nic: not chosen ({type(exc).__name__}: {exc})",))
-    if choice is None and gpu_ids and names:
-        notes.append(f"nic: no active compute RDMA NIC for GPU {','.join(gpu_ids)}; "
-                     f"{', '.join(names)} left as they were")
+    if why:
+        notes.append(f"nic: {why}; {', '.join(names)} left as they were")
     wanted = values(choice, names) if choice else {}
     writes, kept = plan(wanted, environ, ours)
     loaded = [m for n, v in writes.items() if n in ours and v != ours[n]
               for m in READERS.get(n, ()) if m in sys.modules]
+    if "NCCL_IB_HCA" in writes and "NCCL_IB_HCA" in ours \
+            and writes["NCCL_IB_HCA"] != ours["NCCL_IB_HCA"] and _nccl_started():
+        loaded.append("torch.distributed (NCCL)")
     if loaded:
         notes.append(f"nic: {', '.join(sorted(set(loaded)))} already loaded before the NIC "
                      "changed: it may keep the NIC it read at initialization")
@@ -145,18 +201,25 @@ def settle(names: Sequence[str], gpu_ids: Sequence[str], ours: Mapping[str, str]
 def audit_warnings(binding: Mapping, environ: Mapping[str, str], sys_root: Path) -> List[str]:
     """What ``ray-numa audit`` says about a GPU worker's NIC: a chosen NIC across
     sockets (SYS), or ``UCX_NET_DEVICES=all`` (as ray-numa recorded it, else as the
-    process started with it) on a node with several compute NICs, where UCX would
-    spread the GPU's traffic over NICs on both sockets."""
+    process started with it; unset is UCX's default, ``all``) on a node with several
+    compute NICs, where UCX would spread the GPU's traffic over NICs on both sockets."""
     if not binding.get("gpus"):
         return []
     out = []
+    nics = read_nics(sys_root)
     if binding.get("nic_path") == "SYS":
-        out.append(f"nic: {','.join(binding.get('nic') or ())} is across sockets (SYS) "
-                   "from its GPU")
+        names = binding.get("nic") or ()
+        unknown = any(n.place and n.place.numa_node < 0 for n in nics
+                      if any(c.partition(":")[0] == n.name for c in names))
+        out.append(f"nic: {','.join(names)} is "
+                   + ("SYS from its GPU: the NIC's NUMA node is unknown (numa_node -1)"
+                      if unknown else "across sockets (SYS) from its GPU"))
     recorded = dict(v.split("=", 1) for v in binding.get("nic_vars") or ())
-    if recorded.get("UCX_NET_DEVICES", environ.get("UCX_NET_DEVICES")) == "all":
-        count = len({n.nic.name for n in compute_nets(read_nics(sys_root))})
+    ucx = recorded.get("UCX_NET_DEVICES", environ.get("UCX_NET_DEVICES"))
+    if ucx is None or ucx == "all":
+        count = len({n.nic.name for n in compute_nets(nics)})
         if count > 1:
-            out.append(f"nic: UCX_NET_DEVICES=all on a node with {count} RDMA NICs; "
+            shown = " unset (UCX default: all)" if ucx is None else "=all"
+            out.append(f"nic: UCX_NET_DEVICES{shown} on a node with {count} RDMA NICs; "
                        'numa_bind {"nic": "auto"} sets the GPU\'s own')
     return out

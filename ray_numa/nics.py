@@ -13,7 +13,11 @@ Facts relied on (all world-readable):
 - ``class/infiniband/<dev>/device/net/*``: the netdev(s) of the function (RoCE);
 - ``bus/pci/devices/<bdf>``: a link into ``devices/pciDDDD:BB/<root port>/.../<bdf>``,
   whose components are the PCI bridges between the device and its host bridge;
-- ``bus/pci/devices/<bdf>/numa_node``: the device's NUMA node (-1: unknown).
+- ``bus/pci/devices/<bdf>/numa_node``: the device's NUMA node (-1: unknown);
+- ``class/infiniband/<dev>/device/physfn``: present on an SR-IOV virtual function
+  (the kernel's link to its physical function), absent on the physical one;
+- ``class/infiniband/<dev>/device/infiniband_verbs/uverbs<N>``: the verbs device
+  (``/dev/infiniband/uverbs<N>``) through which user space (libibverbs) uses it.
 """
 from __future__ import annotations
 
@@ -23,21 +27,28 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Optional, Tuple
 
+from .topology import _read
+
 _BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+#: ``rate`` as the kernel's ``rate_show`` (drivers/infiniband/core/sysfs.c) writes
+#: it: "%d%s Gb/sec (%dX%s)", e.g. "400 Gb/sec (4X NDR)", "2.5 Gb/sec (1X SDR)".
+_RATE = re.compile(r"^(\d+(?:\.\d+)?) Gb/sec")
+_NUMA = re.compile(r"^-?\d+$")
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().replace("\0", "").strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
+def _text(path: Path) -> str:
+    """The file's text without the NULs and whitespace a sysfs attribute may carry."""
+    return _read(path).replace("\0", "").strip()
 
 
-def _int(text: str, default: int) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        return default
+def bdf_order(bdf: str) -> int:
+    """A PCI address as one integer (domain, bus, device, function), the order NCCL
+    numbers its IB devices in: ``ncclIbCompareDevs`` (``net_ib/init.cc``, with
+    ``NCCL_IB_DEVICE_PCI_ORDER=1``, the default) compares ``pciPathToInt64`` of the
+    PCI path, and ``xml.cc`` keeps a PCI node's children sorted by bus id."""
+    domain, bus, devfn = bdf.split(":")
+    device, function = devfn.split(".")
+    return (int(domain, 16) << 16) | (int(bus, 16) << 8) | (int(device, 16) << 3) | int(function)
 
 
 class PciPlace(namedtuple("PciPlace", "bdf host_bridge switches numa_node")):
@@ -73,7 +84,8 @@ def pci_place(sys_root: Path, bdf: str) -> Optional[PciPlace]:
         return None
     # the device is chain[-1]; its NCCL parent is two components up, and so on
     switches = tuple(chain[i] for i in range(len(chain) - 3, -1, -2))
-    numa = _int(_read(link / "numa_node"), -1)
+    text = _text(link / "numa_node")
+    numa = int(text) if _NUMA.match(text) else -1
     return PciPlace(bdf=bdf, host_bridge=parts[roots[-1]], switches=switches,
                     numa_node=numa)
 
@@ -81,16 +93,17 @@ def pci_place(sys_root: Path, bdf: str) -> Optional[PciPlace]:
 class Port(namedtuple("Port", "number state link_layer rate_gbps")):
     __slots__ = ()
     number: int
-    state: str          # "ACTIVE", "DOWN", "INIT", ... ("" if unreadable)
-    link_layer: str     # "InfiniBand" | "Ethernet" | ""
-    rate_gbps: float    # 0.0 if unreadable
+    state: str                    # "ACTIVE", "DOWN", "INIT", ... ("" if unreadable)
+    link_layer: str               # "InfiniBand" | "Ethernet" | ""
+    rate_gbps: Optional[float]    # None: unknown (unreadable, or not "<n> Gb/sec")
 
     @property
     def active(self) -> bool:
         return self.state == "ACTIVE"
 
 
-class RdmaNic(namedtuple("RdmaNic", "name bdf ports netdevs place")):
+class RdmaNic(namedtuple("RdmaNic", "name bdf ports netdevs place verbs",
+                         defaults=("",))):
     """One RDMA device (``mlx5_0``), its ports, its netdevs and its PCI place."""
     __slots__ = ()
     name: str
@@ -98,19 +111,19 @@ class RdmaNic(namedtuple("RdmaNic", "name bdf ports netdevs place")):
     ports: Tuple[Port, ...]
     netdevs: Tuple[str, ...]
     place: Optional[PciPlace]
+    verbs: str                    # "uverbs0": its verbs device; "" if sysfs has none
 
 
 def _port(port_dir: Path) -> Optional[Port]:
     if not port_dir.name.isdecimal():
         return None
-    state = _read(port_dir / "state")            # "4: ACTIVE"
-    rate = _read(port_dir / "rate").split()      # "400 Gb/sec (4X NDR)"
-    try:
-        gbps = float(rate[0]) if rate else 0.0
-    except ValueError:
-        gbps = 0.0
+    state = _text(port_dir / "state")            # "4: ACTIVE"
+    # the kernel's rate_show fails with EINVAL when the port's speed or width is
+    # unknown; that (or anything not "<n> Gb/sec", or 0) is an unknown rate
+    rate = _RATE.match(_text(port_dir / "rate"))
+    gbps = float(rate.group(1)) if rate else None
     return Port(number=int(port_dir.name), state=state.partition(":")[2].strip() or state,
-                link_layer=_read(port_dir / "link_layer"), rate_gbps=gbps)
+                link_layer=_text(port_dir / "link_layer"), rate_gbps=gbps or None)
 
 
 def _listdir(path: Path) -> Tuple[str, ...]:
@@ -120,17 +133,18 @@ def _listdir(path: Path) -> Tuple[str, ...]:
         return ()
 
 
-def _natural(name: str) -> Tuple:
-    """``mlx5_2`` before ``mlx5_10``: the order ``ibv_get_device_list`` gives on the
-    usual udev naming, the order NCCL numbers its IB devices in."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
-
-
 def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
-    """Every RDMA device under ``sys_root/class/infiniband``, in device-name order."""
+    """Every RDMA physical function under ``sys_root/class/infiniband``, in PCI order
+    (:func:`bdf_order`), as NCCL numbers them.
+
+    SR-IOV virtual functions are left out: NCCL merges a VF into its physical
+    function (``ncclIbGetPciPath`` with ``NCCL_IB_MERGE_VFS=1``, the default, zeroes
+    the device and function of its PCI path), so a VF is not another NIC to spread
+    GPUs over, nor another NIC for UCX's "all" to use.
+    """
     base = sys_root / "class/infiniband"
     nics = []
-    for name in sorted(_listdir(base), key=_natural):
+    for name in _listdir(base):
         dev = base / name
         try:
             bdf = os.path.basename(os.path.realpath(dev / "device"))
@@ -138,9 +152,12 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
             continue
         if not _BDF.match(bdf):
             continue          # no PCI function behind it (e.g. a parentless soft device)
+        if os.path.lexists(dev / "device/physfn"):
+            continue          # an SR-IOV VF: part of its physical function
         ports = tuple(p for p in (_port(dev / "ports" / n) for n in _listdir(dev / "ports"))
                       if p is not None)
+        verbs = [v for v in _listdir(dev / "device/infiniband_verbs") if v.startswith("uverbs")]
         nics.append(RdmaNic(name=name, bdf=bdf, ports=ports,
                             netdevs=_listdir(dev / "device/net"),
-                            place=pci_place(sys_root, bdf)))
-    return tuple(nics)
+                            place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else ""))
+    return tuple(sorted(nics, key=lambda n: (bdf_order(n.bdf), n.name)))

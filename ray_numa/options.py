@@ -31,7 +31,7 @@ VALID_FORMS = (
     "strict (bool: fail the actor if binding is impossible), "
     "migrate (bool: move pages touched before an in-process bind), "
     'nic ("auto" | "off" | {"vars": [names from ' + ", ".join(NIC_VARS) + ']}: '
-    "point RDMA libraries at the GPU's nearest NIC)."
+    "point RDMA libraries at the GPU's nearest NIC; not with an explicit node)."
 )
 
 
@@ -158,16 +158,20 @@ def _parse(value: Any) -> BindOptions:
     for flag in ("strict", "migrate"):
         if flag in value and not isinstance(value[flag], bool):
             raise _fail(value, f"{flag} must be true or false")
+    nic = _nic(value.get("nic", "off"), value)
+    explicit = not (isinstance(node, str) and node == "auto")
+    if nic and explicit:
+        raise _fail(value, 'nic needs the GPU the process drives, and an explicit node '
+                    'binds no GPU: drop "node" (the GPU\'s node is the default) or "nic"')
     return BindOptions(
-        node="auto" if isinstance(node, str) and node == "auto"
-        else _int_list(node, "node", value, MAX_NODE),
+        node=_int_list(node, "node", value, MAX_NODE) if explicit else "auto",
         cpus=(_choice(cpus, CPU_MODES, "cpus", value) if isinstance(cpus, str)
               else _int_list(cpus, "cpus", value, MAX_CPU)),
         memory=_choice(value.get("memory", "bind"), MEMORY_POLICIES, "memory", value),
         span=_choice(value.get("span", "union"), SPAN_POLICIES, "span", value),
         strict=value.get("strict", False),
         migrate=value.get("migrate", True),
-        nic=_nic(value.get("nic", "off"), value),
+        nic=nic,
     )
 
 

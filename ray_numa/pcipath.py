@@ -59,25 +59,44 @@ class Net(namedtuple("Net", "nic port")):
         return f"{self.nic.name}:{self.port.number}"
 
 
-def compute_nets(nics: Sequence[RdmaNic]) -> List[Net]:
+def _hca_allows(spec: str, net: Net) -> bool:
+    """NCCL_IB_HCA as NCCL reads an allow-list (``parseStringList``/``matchIfList``):
+    comma-separated ``name[:port]``, prefixes unless the list starts with ``=``."""
+    exact = spec.startswith("=")
+    for item in spec.lstrip("=").split(","):
+        name, _, port = item.strip().partition(":")
+        if name and (net.nic.name == name if exact else net.nic.name.startswith(name)) \
+                and (not port or port == str(net.port.number)):
+            return True
+    return False
+
+
+def compute_nets(nics: Sequence[RdmaNic], hca: str = "") -> List[Net]:
     """The ports a GPU worker may be pointed at: the compute fabric.
 
-    1. An ACTIVE port (``ports/<n>/state``): a cable-less or down port carries nothing.
-    2. InfiniBand if the machine has any active InfiniBand port: on the reference
+    1. An ACTIVE port (``ports/<n>/state``) of a device on a known PCI path: a
+       cable-less or down port carries nothing.
+    2. ``hca``, the job's own ``NCCL_IB_HCA``, when it is an allow-list (no leading
+       ``^``): the job has named its compute fabric, and only those ports stay.
+    3. The highest known ``rate``: NCCL's ``ncclTopoGetLocal`` keeps the NICs of the
+       highest path bandwidth, which a slower (storage, management) port lowers. A
+       port whose rate is unknown (:class:`~ray_numa.nics.Port`) is never excluded
+       by it, and never sets the top either.
+    4. Among the ports at that top rate, InfiniBand over Ethernet: on the reference
        designs (DGX H100 BasePOD, GB200 trays) the compute fabric is InfiniBand and
-       the Ethernet RDMA ports (BlueField/ConnectX in Ethernet mode) carry storage,
-       in-band management and north-south traffic. On an all-Ethernet (RoCE) machine
-       every active port stays in.
-    3. The highest ``rate``: NCCL's ``ncclTopoGetLocal`` keeps the NICs of the
-       highest path bandwidth, which a slower (storage, management) port lowers.
-    Then only ports whose device sits on a known PCI path.
+       the Ethernet RDMA ports (BlueField/ConnectX in Ethernet mode) of the same rate
+       carry storage and north-south traffic. Rate comes first, so one InfiniBand
+       storage port does not push out a faster RoCE compute fabric.
     """
     nets = [Net(nic, p) for nic in nics if nic.place is not None
             for p in nic.ports if p.active]
-    if any(n.port.link_layer == "InfiniBand" for n in nets):
+    if hca and not hca.startswith("^"):
+        nets = [n for n in nets if _hca_allows(hca, n)]
+    top = max((n.port.rate_gbps for n in nets if n.port.rate_gbps is not None), default=None)
+    nets = [n for n in nets if n.port.rate_gbps in (None, top)]
+    if any(n.port.link_layer == "InfiniBand" and n.port.rate_gbps == top for n in nets):
         nets = [n for n in nets if n.port.link_layer == "InfiniBand"]
-    fastest = max((n.port.rate_gbps for n in nets), default=0.0)
-    return [n for n in nets if n.port.rate_gbps == fastest]
+    return nets
 
 
 class NicChoice(namedtuple("NicChoice", "gpu nets path")):

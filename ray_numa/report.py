@@ -68,7 +68,7 @@ def nic_report(gpus: Sequence[Gpu], sys_root: Path) -> Dict[str, Any]:
     """RDMA NICs, the GPU x NIC class matrix (``nvidia-smi topo -m``'s NIC columns)
     and the NIC(s) ``numa_bind: {"nic": "auto"}`` would give each GPU."""
     nics = read_nics(sys_root)
-    nets = compute_nets(nics)
+    nets = compute_nets(nics, os.environ.get("NCCL_IB_HCA", ""))   # as the job's would
     placed = [(g.index, pci_place(sys_root, g.bus_id)) for g in gpus]
     known = [(i, p) for i, p in placed if p is not None]
     chosen = choose(known, nets)

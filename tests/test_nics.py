@@ -7,14 +7,17 @@ types), ``src/graph/topo.cc`` ``ncclTopoGetLocal`` and ``ncclTopoGetLocalNetType
 (best NICs per GPU; ``DIVUP(nets, gpus)`` each, first at ``dev % gpus``,
 ``mirrorBits`` when the NIC count is a power of two).
 """
+import copy
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from ray_numa.nics import PciPlace, pci_place, read_nics
+from ray_numa.nics import PciPlace, Port, RdmaNic, bdf_order, pci_place, read_nics
 from ray_numa.pcipath import _mirror_bits, choose, compute_nets, matrix, path_class
+from tests.fixtures.build import build_spec
+from tests.fixtures.machines import MACHINES, _nic
 
 
 def _place(switches=(), host="pci0000:00", numa=0, bdf="0000:99:00.0"):
@@ -68,8 +71,12 @@ def test_pci_place_walks_like_nccl(tmp_path):
 
 
 def _nets(tree, machine):
-    sys_root = tree(machine) / "sys"
-    nvml = json.loads((tree(machine) / "nvml.json").read_text())["devices"]
+    return _nets_at(tree(machine))
+
+
+def _nets_at(root):
+    sys_root = root / "sys"
+    nvml = json.loads((root / "nvml.json").read_text())["devices"]
     bdfs = sorted(g["bus_id"][4:].lower() for g in nvml)
     places = [(i, pci_place(sys_root, b)) for i, b in enumerate(bdfs)]
     nics = read_nics(sys_root)
@@ -158,11 +165,107 @@ def test_partial_and_broken_sysfs_never_raises(tmp_path):
     assert [n.name for n in nics] == ["mlx5_2"]
     (nic,) = nics
     assert nic.place is None          # no bus/pci/devices link: place unknown
-    assert nic.ports[0].state == "ACTIVE" and nic.ports[0].rate_gbps == 0.0
+    assert nic.ports[0].state == "ACTIVE" and nic.ports[0].rate_gbps is None
     assert compute_nets(nics) == []   # unknown place: never chosen
     assert read_nics(tmp_path / "absent") == ()
 
 
 def test_this_machine_reads_without_error():
+    """Whatever this machine has (often no RDMA device at all): the documented types."""
     nics = read_nics(Path("/sys"))
-    assert all(n.bdf and n.name for n in nics)
+    assert isinstance(nics, tuple)
+    for nic in nics:
+        assert isinstance(nic, RdmaNic) and nic.name and bdf_order(nic.bdf) >= 0
+        assert nic.place is None or isinstance(nic.place, PciPlace)
+        assert isinstance(nic.verbs, str) and all(isinstance(d, str) for d in nic.netdevs)
+        for port in nic.ports:
+            assert isinstance(port.number, int) and isinstance(port.state, str)
+            assert port.rate_gbps is None or port.rate_gbps > 0
+    assert [bdf_order(n.bdf) for n in nics] == sorted(bdf_order(n.bdf) for n in nics)
+
+
+# --- review findings (issue 23): cases built from a fixture spec -----------------------
+
+def _spec(name):
+    return copy.deepcopy(MACHINES[name])
+
+
+def test_sriov_vfs_are_not_extra_nics(tmp_path):
+    """A VF (``physfn`` link, as the kernel presents one) is part of its physical
+    function: NCCL merges it (net_ib/init.cc ``ncclIbGetPciPath``,
+    ``NCCL_IB_MERGE_VFS=1``), so it is neither chosen nor counted."""
+    s = _spec("dgx-h100-net")
+    parent = s["pci_paths"]["0000:18:00.0"]
+    s["pci_paths"]["0000:18:00.1"] = parent
+    s["nics"].append(_nic("mlx5_12", "0000:18:00.1", 0, net=("ibp24s0v0",)))
+    root = build_spec(s, tmp_path / "t")
+    os.symlink("../0000:18:00.0", root / "sys/devices" / parent / "0000:18:00.1/physfn")
+    places, nics, chosen = _nets_at(root)
+    assert "mlx5_12" not in [n.name for n in nics]
+    assert chosen[0].nets == ("mlx5_0:1",) and chosen[0].path == "PIX"
+
+
+def test_one_infiniband_port_does_not_evict_a_roce_compute_fabric(tmp_path):
+    """8 x 400G RoCE on the GPU switches and one 200G InfiniBand storage port:
+    rate ranks first, InfiniBand wins only among ports at the top rate."""
+    s = _spec("dgx-h100-net")
+    s["nics"] = [n for n in s["nics"] if n["name"] not in ("mlx5_2", "mlx5_7", "mlx5_8")]
+    for n in s["nics"]:
+        n["ports"] = ([("ACTIVE", "InfiniBand", 200)] if n["name"] == "mlx5_1"
+                      else [("ACTIVE", "Ethernet", 400)])
+    _, _, chosen = _nets_at(build_spec(s, tmp_path / "t"))
+    assert [chosen[g].nets for g in range(8)] == [
+        (f"mlx5_{n}:1",) for n in (0, 3, 4, 5, 6, 9, 10, 11)]
+
+
+def test_the_jobs_nccl_ib_hca_allow_list_names_the_compute_fabric():
+    """An all-Ethernet box whose storage port has the compute ports' rate: only the
+    job's NCCL_IB_HCA tells them apart (NCCL's syntax: prefix match, ``=`` exact,
+    ``:port``; a ``^`` list excludes, and is not an allow-list)."""
+    mk = lambda n: RdmaNic(n, "0000:01:00.0", (Port(1, "ACTIVE", "Ethernet", 200.0),),  # noqa: E731
+                           (), _place())
+    nics = [mk("mlx5_0"), mk("mlx5_1"), mk("mlx5_10")]
+    names = lambda hca: [n.name for n in compute_nets(nics, hca)]  # noqa: E731
+    assert names("") == ["mlx5_0:1", "mlx5_1:1", "mlx5_10:1"]
+    assert names("mlx5_1") == ["mlx5_1:1", "mlx5_10:1"]
+    assert names("=mlx5_1") == ["mlx5_1:1"]
+    assert names("=mlx5_0:1,mlx5_10:2") == ["mlx5_0:1"]
+    assert names("^mlx5_1") == names("")
+
+
+@pytest.mark.parametrize("text", [None, "", "\0\0", "nan Gb/sec", "inf Gb/sec", "fast",
+                                  "0 Gb/sec", "-400 Gb/sec", "400"])
+def test_an_unknown_rate_never_evicts_a_port(tmp_path, text):
+    """``rate_show`` fails with EINVAL when speed or width is unknown (the file
+    reads as an error); anything but "<n> Gb/sec" (n > 0) is unknown too, and a
+    port of unknown rate stays in, ranked by distance."""
+    root = build_spec(MACHINES["dgx-h100-net"], tmp_path / "t")
+    rate = root / "sys/class/infiniband/mlx5_0/ports/1/rate"
+    rate.unlink()
+    if text is not None:
+        rate.write_text(text + "\n")
+    places, nics, chosen = _nets_at(root)
+    assert nics[0].name == "mlx5_0" and nics[0].ports[0].rate_gbps is None
+    assert chosen[0].nets == ("mlx5_0:1",) and chosen[0].path == "PIX"
+
+
+def test_rate_parses_what_the_kernel_writes(tmp_path):
+    port = tmp_path / "1"
+    port.mkdir()
+    from ray_numa.nics import _port
+    for text, gbps in (("400 Gb/sec (4X NDR)", 400.0), ("2.5 Gb/sec (1X SDR)", 2.5),
+                       ("53.125 Gb/sec (1X HDR)", 53.125)):
+        (port / "rate").write_text(text + "\n")
+        assert _port(port).rate_gbps == gbps
+
+
+def test_nic_order_is_pci_order_as_in_nccl(tmp_path):
+    """``ncclIbCompareDevs`` (NCCL_IB_DEVICE_PCI_ORDER=1) and the XML tree's bus-id
+    order: with Grace 0's two CX-7s probed the other way round (mlx5_0 at
+    0002:03:00.0), GPU 0 still gets the NIC at 0000:03:00.0."""
+    s = _spec("gb200-net")
+    s["nics"][0]["bdf"], s["nics"][1]["bdf"] = "0002:03:00.0", "0000:03:00.0"
+    _, nics, chosen = _nets_at(build_spec(s, tmp_path / "t"))
+    assert [n.bdf for n in nics][:2] == ["0000:03:00.0", "0002:03:00.0"]
+    assert chosen[0].nets == ("mlx5_1:1",) and chosen[1].nets == ("mlx5_0:1",)
+    assert bdf_order("0000:03:00.1") < bdf_order("0000:03:01.0") < bdf_order("0002:00:00.0")
