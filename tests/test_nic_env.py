@@ -6,6 +6,8 @@ list), NVSHMEM ``NVSHMEM_HCA_LIST`` (``hca[:port]`` list), UCCL P2P
 ``UCCL_P2P_RDMA_DEV`` (comma-separated device names, ``p2p/rdma`` ``get_best_dev_idx``),
 NCCL ``NCCL_IB_HCA`` (a leading ``=`` matches names exactly).
 """
+import copy
+import shutil
 import sys
 import types
 
@@ -15,6 +17,8 @@ from ray_numa import nic_env
 from ray_numa.binding import Binder
 from ray_numa.options import NIC_VARS, parse
 from ray_numa.pcipath import NicChoice
+from tests.fixtures.build import build_spec
+from tests.fixtures.machines import MACHINES
 from tests.procs import child_report
 
 AUTO = parse({"nic": "auto"})
@@ -133,3 +137,93 @@ def test_bind_current_process_sets_the_local_ranks_nic(machine_tree):
                                 "LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "0,3"})
     assert r["binding"]["gpus"] == ["3"] and r["ucx"] == "mlx5_5:1"
     assert r["binding"]["nic_path"] == "NODE"
+
+
+@pytest.fixture
+def custom_machine(on_machine, tmp_path, monkeypatch):
+    """``custom_machine(spec, edit)``: a fixture tree built from ``spec`` in tmp_path,
+    ``edit(root)`` applied, and ray-numa pointed at it (as ``on_machine`` does)."""
+    def use(spec, edit=lambda root: None):
+        on_machine("dgx-h100-net")               # the caches cleared, restored after
+        root = build_spec(spec, tmp_path / "machine")
+        edit(root)
+        monkeypatch.setenv("RAY_NUMA_FIXTURE", str(root))
+        return root
+    return use
+
+
+def test_rdma_less_container_sets_nothing_and_says_why(custom_machine, clean_env):
+    """A container without the RDMA devices sees /sys/class/infiniband but has no
+    /dev/infiniband/uverbsN to open (libibverbs' ibv_open_device opens it O_RDWR).
+    The fixture expresses it by leaving dev/infiniband out: tests run as root, so a
+    file mode would not block the open."""
+    import os
+    custom_machine(dict(MACHINES["dgx-h100-net"], dev_infiniband=False))
+    binding = Binder().bind(AUTO, ["0"])
+    assert binding.status == "bound" and binding.nic == ()
+    assert not any(n in os.environ for n in NIC_VARS)
+    assert any("no verbs device" in n and "uverbsN" in n for n in binding.notes)
+
+
+def test_a_nic_without_a_verbs_device_is_not_chosen(custom_machine, clean_env):
+    """sysfs with no ``device/infiniband_verbs/uverbsN`` for GPU 0's NIC (ib_uverbs
+    not bound to it): GPU 0 gets the nearest NIC it can use, not that one."""
+    import os
+    custom_machine(MACHINES["dgx-h100-net"], lambda root: shutil.rmtree(
+        root / "sys/class/infiniband/mlx5_0/device/infiniband_verbs"))
+    Binder().bind(AUTO, ["0"])
+    assert os.environ["UCX_NET_DEVICES"] not in ("mlx5_0:1", "")
+
+
+def test_gpu_without_a_pci_path_is_named_as_such(custom_machine, clean_env):
+    custom_machine(MACHINES["dgx-h100-net"],
+                   lambda root: (root / "sys/bus/pci/devices/0000:1b:00.0").unlink())
+    binding = Binder().bind(AUTO, ["0"])
+    assert binding.nic == ()
+    [note] = [n for n in binding.notes if n.startswith("nic:")]
+    assert "PCI path of GPU 0 is unknown" in note and "no active compute" not in note
+
+
+def test_the_jobs_nccl_ib_hca_is_the_compute_fabric(custom_machine, clean_env):
+    """All-Ethernet box whose second port (storage) has the compute ports' rate:
+    the job's NCCL_IB_HCA allow-list keeps it out; ray-numa's own value is not
+    mistaken for the job's on a rebind."""
+    import os
+    spec = copy.deepcopy(MACHINES["socket0-nics"])
+    spec["nics"][2]["ports"] = [("ACTIVE", "Ethernet", 200)]
+    custom_machine(spec)
+    binder = Binder()
+    binder.bind(AUTO, ["2"], pooled=True)    # 3 NICs in PCI order, 4 GPUs: GPU 2 -> 3rd
+    assert os.environ["UCX_NET_DEVICES"] == "mlx5_2:1"
+    clean_env.delenv("UCX_NET_DEVICES")
+    clean_env.setenv("NCCL_IB_HCA", "=mlx5_0,mlx5_1")
+    binder = Binder()
+    binder.bind(AUTO, ["2"], pooled=True)    # 2 NICs: 2 % 4 = 2, mirrored over 2 -> 0
+    assert os.environ["UCX_NET_DEVICES"] == "mlx5_0:1"
+    clean_env.delenv("NCCL_IB_HCA")
+    for key in ("UCX_NET_DEVICES", "NVSHMEM_HCA_LIST", "UCCL_P2P_RDMA_DEV"):
+        clean_env.delenv(key)
+    both = parse({"nic": {"vars": ["UCX_NET_DEVICES", "NCCL_IB_HCA"]}})
+    binder = Binder()
+    binder.bind(both, ["0"], pooled=True)
+    assert os.environ["NCCL_IB_HCA"] == "=mlx5_0:1"
+    binder.bind(both, ["2"], pooled=True)    # its own "=mlx5_0:1" is not the job's list
+    assert os.environ["NCCL_IB_HCA"] == "=mlx5_2:1"
+
+
+def test_follow_notes_deep_ep_and_an_initialized_process_group(on_machine, clean_env):
+    """DeepEP bundles NVSHMEM; NCCL reads NCCL_IB_HCA once (net_ib/init.cc
+    ncclIbInit), so a process group already up may keep the old NIC. The stand-in
+    has torch.distributed's own ``is_initialized()``."""
+    on_machine("dgx-h100-net")
+    binder = Binder()
+    binder.bind(parse({"nic": {"vars": ["NVSHMEM_HCA_LIST", "NCCL_IB_HCA"]}}), ["0"])
+    dist = types.ModuleType("torch.distributed")
+    dist.is_initialized = lambda: True
+    clean_env.setitem(sys.modules, "torch.distributed", dist)
+    clean_env.setitem(sys.modules, "deep_ep", types.ModuleType("deep_ep"))
+    [note] = [n for n in binder.follow("6").notes if "already loaded" in n]
+    assert "deep_ep" in note and "torch.distributed (NCCL)" in note
+    dist.is_initialized = lambda: False
+    [note] = [n for n in binder.follow("0").notes if "already loaded" in n]
+    assert "torch.distributed" not in note

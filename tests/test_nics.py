@@ -245,8 +245,9 @@ def test_an_unknown_rate_never_evicts_a_port(tmp_path, text):
     if text is not None:
         rate.write_text(text + "\n")
     places, nics, chosen = _nets_at(root)
-    assert nics[0].name == "mlx5_0" and nics[0].ports[0].rate_gbps is None
     assert chosen[0].nets == ("mlx5_0:1",) and chosen[0].path == "PIX"
+    assert chosen[1].nets == ("mlx5_3:1",)        # nor sets the top rate for the others
+    assert nics[0].name == "mlx5_0" and nics[0].ports[0].rate_gbps is None
 
 
 def test_rate_parses_what_the_kernel_writes(tmp_path):

@@ -27,6 +27,9 @@ GOOD = [
     ({"nic": "auto"}, BindOptions(nic=("UCX_NET_DEVICES", "NVSHMEM_HCA_LIST",
                                        "UCCL_P2P_RDMA_DEV"))),
     ({"nic": "off"}, BindOptions()),
+    ({"nic": "off", "node": 1}, BindOptions(node=(1,))),
+    ({"nic": "auto", "node": "auto"}, BindOptions(nic=("UCX_NET_DEVICES", "NVSHMEM_HCA_LIST",
+                                                       "UCCL_P2P_RDMA_DEV"))),
     ({"nic": {"vars": ["NCCL_IB_HCA", "UCX_NET_DEVICES", "NCCL_IB_HCA"]}},
      BindOptions(nic=("UCX_NET_DEVICES", "NCCL_IB_HCA"))),
 ]
@@ -34,7 +37,9 @@ BAD = ["bogus", -1, True, 1.5, 1024, {"node": [1, 5000]}, [0, 1], {"node": -2}, 
        {"memory": "membind"}, {"cpus": "all"}, {"strict": "yes"}, {"node": []},
        {"span": "both"}, {"cpus": [True]}, {"nic": True}, {"nic": {"vars": []}},
        {"nic": {"vars": ["UCX_TLS"]}}, {"nic": {"vars": "UCX_NET_DEVICES"}},
-       {"nic": {"vars": ["NCCL_IB_HCA"], "port": 1}}, {"nic": "all"}, {"nic": None}]
+       {"nic": {"vars": ["NCCL_IB_HCA"], "port": 1}}, {"nic": "all"}, {"nic": None},
+       # nic follows the GPU; an explicit node binds none, so it would do nothing
+       {"nic": "auto", "node": 1}, {"nic": {"vars": ["UCX_NET_DEVICES"]}, "node": [0, 1]}]
 
 
 @pytest.mark.parametrize("value,expected", GOOD)
@@ -54,7 +59,7 @@ def test_rejected_forms_name_the_valid_forms_and_fail_the_schema(value):
 
 
 def test_options_survive_the_trip_to_the_worker():
-    opts = parse({"node": [0, 2], "cpus": [1, 3], "memory": "interleave", "nic": "auto"})
+    opts = parse({"cpus": [1, 3], "memory": "interleave", "nic": "auto"})
     assert BindOptions.from_json(opts.to_json()) == opts
 
 
