@@ -99,6 +99,8 @@ def _options_value(args: argparse.Namespace) -> Any:
         value["memory"] = args.memory
     if args.nic is not None:
         value["nic"] = _nic_value(args.nic)
+        if args.node is not None and value["nic"] != "off":
+            raise ValueError("--nic follows the GPU, and --node binds none: drop one")
     if args.strict or (_explicit(args) and not args.best_effort):
         value["strict"] = True
     return value

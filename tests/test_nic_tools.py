@@ -56,7 +56,7 @@ def test_exec_nic_sets_the_ranks_nic_and_keeps_the_users(machine_tree):
         assert "numa_bind accepts" not in bad.stderr
     node = ray_numa("exec", "--node", "1", "--nic", "auto", "--", "true", env=env,
                     check=False)
-    assert node.returncode == 2 and "nic needs the GPU" in node.stderr
+    assert node.returncode == 2 and "--nic follows the GPU, and --node binds none" in node.stderr
 
 
 def test_audit_warns_on_a_sys_nic_and_on_ucx_all(machine_tree):
