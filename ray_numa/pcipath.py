@@ -81,7 +81,7 @@ def compute_nets(nics: Sequence[RdmaNic], hca: str = "") -> List[Net]:
     3. The highest known ``rate``: NCCL's ``ncclTopoGetLocal`` keeps the NICs of the
        highest path bandwidth, which a slower (storage, management) port lowers. A
        port whose rate is unknown (:class:`~ray_numa.nics.Port`) is never excluded
-       by it, and never sets the top either.
+       by it, and never sets the top either: it counts as at the top rate.
     4. Among the ports at that top rate, InfiniBand over Ethernet: on the reference
        designs (DGX H100 BasePOD, GB200 trays) the compute fabric is InfiniBand and
        the Ethernet RDMA ports (BlueField/ConnectX in Ethernet mode) of the same rate
