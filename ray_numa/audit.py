@@ -164,8 +164,10 @@ def examine(pid: int, plugin_here: bool) -> Dict[str, Any]:
     nodes = gpu_nodes(binding, env.get("CUDA_DEVICE_ORDER"))
     kb = {int(n): v for n, v in facts.get("kb_by_node", {}).items()}
     local = local_share(kb, nodes) if nodes and kb else None
+    from .nic_env import audit_warnings
     return {"pid": pid, "job": env.get("RAY_JOB_ID", ""), "binding": binding,
-            "actual": facts, "gpu_nodes": list(nodes), "local_pct": local}
+            "actual": facts, "gpu_nodes": list(nodes), "local_pct": local,
+            "nic_warnings": audit_warnings(binding, env, environment.sys_root())}
 
 
 def _ray_workers() -> Dict[int, str]:
@@ -287,7 +289,8 @@ def _cells(row: Dict[str, Any]) -> List[Any]:
     return [row["pid"], row["name"], row["job"] or "-",
             "?" if row["gpus"] is None else f"{row['gpus']:g}", did,
             a.get("cpus_allowed", "?"), a.get("mempolicy", a.get("error", "?")), local,
-            "; ".join(row["flags"] + ([] if b["status"] == "bound" else [b["reason"]]))]
+            "; ".join(row["flags"] + ([] if b["status"] == "bound" else [b["reason"]])
+                      + row.get("nic_warnings", []))]
 
 
 def format_audit(report: Dict[str, Any], table: Any) -> str:

@@ -27,8 +27,8 @@ if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, options
 
 
 class Binding(namedtuple("Binding", "status reason cpus cpu_nodes mem_nodes memory gpus "
-                         "gpu_rule history backend notes calls",
-                         defaults=("", (), (), "none", (), "", (), "", (), ()))):
+                         "gpu_rule history backend notes calls nic nic_path nic_vars",
+                         defaults=("", (), (), "none", (), "", (), "", (), (), (), "", ()))):
     """What this process is bound to and why (``status``: bound|skipped|off|unbound).
 
     A typed result like psutil's, and built like psutil's: a ``collections.namedtuple``
@@ -52,6 +52,12 @@ class Binding(namedtuple("Binding", "status reason cpus cpu_nodes mem_nodes memo
     backend: str                   # numactl | syscall | record; default ""
     notes: Tuple[str, ...]         # default ()
     calls: Tuple[Tuple[Any, ...], ...]   # what the recording backend did; default ()
+    #: ``numa_bind: {"nic": ...}`` (see ``nic_env.py``): the GPU's NIC port(s), e.g.
+    #: ("mlx5_0:1",), the PCI class of the path to them (PIX, PXB, PHB, NODE, SYS)
+    #: and the variables as the process has them ("UCX_NET_DEVICES=mlx5_0:1"); (), "", ()
+    nic: Tuple[str, ...]
+    nic_path: str
+    nic_vars: Tuple[str, ...]
 
     def as_dict(self) -> Dict[str, Any]:
         return self._asdict()
@@ -103,6 +109,7 @@ class Binder:
         self._pooled = False                          # of the last bind, for follow()
         self._plan: Optional[Plan] = None             # of the last bind, for settle()
         self._unsettled = False     # bound as pooled, not yet said: settle() says it
+        self._nic_set: Dict[str, str] = {}            # variables nic_env wrote, owned
 
     @functools.cached_property
     def topology(self) -> Topology:
@@ -174,7 +181,22 @@ class Binder:
                 binding = self.skip(Skip(f"the kernel refused the CPU affinity: {exc}"),
                                     options, gpus, gpu_rule)
         self._gpu_key = gpus if options.auto else None
-        return binding
+        return self._with_nic(binding, options, gpus)
+
+    def _with_nic(self, binding: Binding, options: BindOptions,
+                  gpus: Tuple[str, ...]) -> Binding:
+        """Point the RDMA libraries at the GPUs' NIC (``options.nic``), or take back
+        what was set for a previous task's GPUs; record it."""
+        if not (options.nic and gpus) and not self._nic_set:
+            return binding
+        from .nic_env import settle
+        outcome = settle(options.nic, gpus, self._nic_set)
+        self._nic_set = outcome.ours
+        for note in outcome.notes:
+            environment.warn_once(note)
+        return self._record(binding._replace(
+            nic=outcome.nets, nic_path=outcome.path, nic_vars=outcome.assigned,
+            notes=binding.notes + outcome.notes))
 
     def settle(self, pooled: bool, why: str) -> Binding:
         """Ray has said whether this task's worker may run another task (``why``): one
@@ -276,10 +298,11 @@ class Binder:
         if (before.status == "bound" and before.cpus == format_cpulist(decision.cpus)
                 and before.mem_nodes == (decision.mem_nodes if before.memory != "none"
                                          else ())):
-            return self._record(before._replace(   # same node: no syscalls
-                gpus=gpus, history=history, gpu_rule="followed device"))
+            return self._with_nic(self._record(before._replace(   # same node: no syscalls
+                gpus=gpus, history=history, gpu_rule="followed device")), options, gpus)
         try:
-            return self._apply(decision, options, gpus, "followed device", history)
+            return self._with_nic(self._apply(decision, options, gpus, "followed device",
+                                              history), options, gpus)
         except OSError as exc:
             message = f"not following GPU {gpu_id}: the kernel refused the binding: {exc}"
             if options.strict:

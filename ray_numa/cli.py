@@ -3,7 +3,8 @@ audit a running cluster.
 
     ray-numa show [--json]
     ray-numa exec [--gpu auto|N] [--node N] [--cpus MODE|LIST] [--memory POLICY]
-                  [--strict] [--best-effort] [--numactl] -- CMD ARGS...
+                  [--strict] [--best-effort] [--numactl] [--nic auto|VAR,...]
+                  -- CMD ARGS...
     ray-numa env                     # export lines enabling the plugin for `ray start`
     ray-numa resources [--labels]    # GPU-per-NUMA-node resources/labels for `ray start`
     ray-numa audit [--address ADDR] [--json] [--min-local PCT] [--watch SECONDS]
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from . import environment
 from .apply import BindError
-from .options import OptionsError
+from .options import NIC_VARS, OptionsError
 from .topology import format_cpulist, parse_cpulist
 
 #: How ``show`` prints a CUDA variable that is not set, and what that means.
@@ -60,11 +61,30 @@ def format_report(report: Dict[str, Any]) -> str:
                      else g["numa_node"], what])
     out.append(_table(rows, ["gpu", "bus id", "name", "node", "numa_bind=auto would"])
                if rows else "  none")
+    out.append(format_nics(report["nics"]))
     p = report["process"]
     out.append("\nThis process")
     out.append(_table([[k, UNSET.get(k, "") if v is None else v] for k, v in p.items()],
                       ["setting", "value"]))
     return "\n".join(out)
+
+
+def format_nics(nics: Dict[str, Any]) -> str:
+    """The GPU x NIC matrix as ``nvidia-smi topo -m`` prints its NIC columns, and
+    the NIC each GPU gets with ``nic: "auto"``."""
+    if not nics["devices"]:
+        return "\nRDMA NICs: none (no /sys/class/infiniband devices)"
+    names = [d["name"] for d in nics["devices"]]
+    rows = [[f"GPU{g}"] + [c or "?" for c in (row or ["?"] * len(names))]
+            + [",".join(nics["chosen"].get(g, {}).get("nets", [])) or "-"]
+            for g, row in nics["matrix"].items()]
+    ports = ["; ".join(f"{d['name']}:{p['port']} {p['state'] or '?'} {p['link_layer']} "
+                       f"{'?' if p['rate_gbps'] is None else format(p['rate_gbps'], 'g')}G"
+                       f"{' eligible' if p['eligible'] else ''}"
+                       for p in d["ports"]) for d in nics["devices"]]
+    return ("\nGPU x NIC (PIX: same PCIe switch, PXB: several switches, PHB: same host "
+            "bridge, NODE: same NUMA node, SYS: across NUMA nodes, or a NUMA node unknown)\n"
+            + _table(rows, [""] + names + ['nic: "auto"']) + "\n  " + "\n  ".join(ports))
 
 
 def _options_value(args: argparse.Namespace) -> Any:
@@ -77,9 +97,25 @@ def _options_value(args: argparse.Namespace) -> Any:
                          if args.cpus[0].isdigit() else args.cpus)
     if args.memory:
         value["memory"] = args.memory
+    if args.nic is not None:
+        value["nic"] = _nic_value(args.nic)
+        if args.node is not None and value["nic"] != "off":
+            raise ValueError("--nic follows the GPU, and --node binds none: drop one")
     if args.strict or (_explicit(args) and not args.best_effort):
         value["strict"] = True
     return value
+
+
+def _nic_value(text: str) -> Any:
+    """``--nic auto|off|VAR,...`` as the ``nic`` option; a bad value is an error
+    about --nic itself, not the whole list of numa_bind forms."""
+    if text.strip() in ("auto", "off"):
+        return text.strip()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or not all(n in NIC_VARS for n in names):
+        raise ValueError(f"--nic {text!r}: give auto, off, or a comma-separated list of "
+                         f"{', '.join(NIC_VARS)}")
+    return {"vars": names}
 
 
 def _explicit(args: argparse.Namespace) -> bool:
@@ -216,6 +252,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--best-effort", action="store_true",
                     help="run the command unbound when an explicit --node/--gpu cannot be "
                          "honoured (default: exit 1)")
+    ex.add_argument("--nic", metavar="auto|off|VAR,...",
+                    help="set UCX_NET_DEVICES, NVSHMEM_HCA_LIST, UCCL_P2P_RDMA_DEV (auto) "
+                         "or the variables named (NCCL_IB_HCA too) to the GPU's NIC")
     ex.add_argument("--numactl", action="store_true",
                     help="exec through numactl (explicit --node only)")
     ex.add_argument("command", nargs=argparse.REMAINDER)

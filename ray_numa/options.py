@@ -14,7 +14,12 @@ from typing import Any, Mapping, Tuple, Union
 CPU_MODES = ("node", "socket", "exclusive", "core-complex")
 MEMORY_POLICIES = ("bind", "preferred", "interleave", "none")
 SPAN_POLICIES = ("union", "first", "skip")
-DICT_KEYS = ("node", "cpus", "memory", "span", "strict", "migrate")
+DICT_KEYS = ("node", "cpus", "memory", "span", "strict", "migrate", "nic")
+#: Variables ``nic`` may set, in the order they are set (see :mod:`ray_numa.nic_env`);
+#: "auto" sets all but NCCL_IB_HCA, which NCCL does not need (it picks a NIC per GPU
+#: itself, and its PXN routing uses the other GPUs' NICs).
+NIC_VARS = ("UCX_NET_DEVICES", "NVSHMEM_HCA_LIST", "UCCL_P2P_RDMA_DEV", "NCCL_IB_HCA")
+NIC_AUTO = NIC_VARS[:3]
 
 VALID_FORMS = (
     'numa_bind accepts "auto" (the NUMA node of the GPU(s) Ray assigned), "off", '
@@ -24,7 +29,9 @@ VALID_FORMS = (
     'memory ("bind" | "preferred" | "interleave" | "none"), '
     'span ("union" | "first" | "skip": GPUs on several nodes), '
     "strict (bool: fail the actor if binding is impossible), "
-    "migrate (bool: move pages touched before an in-process bind)."
+    "migrate (bool: move pages touched before an in-process bind), "
+    'nic ("auto" | "off" | {"vars": [names from ' + ", ".join(NIC_VARS) + ']}: '
+    "point RDMA libraries at the GPU's nearest NIC; not with an explicit node)."
 )
 
 
@@ -32,8 +39,9 @@ class OptionsError(ValueError):
     """An invalid ``numa_bind`` value; the message lists the valid forms."""
 
 
-class BindOptions(namedtuple("BindOptions", "node cpus memory span strict migrate enabled",
-                             defaults=("auto", "node", "bind", "union", False, True, True))):
+class BindOptions(namedtuple("BindOptions", "node cpus memory span strict migrate enabled nic",
+                             defaults=("auto", "node", "bind", "union", False, True, True,
+                                       ()))):
     """A validated ``numa_bind`` value (see :func:`parse` and :data:`VALID_FORMS`);
     ``enabled`` is False for "off" and for an unset value.
 
@@ -51,6 +59,7 @@ class BindOptions(namedtuple("BindOptions", "node cpus memory span strict migrat
     strict: bool                   # default False
     migrate: bool                  # default True
     enabled: bool                  # default True
+    nic: Tuple[str, ...]           # variables naming the GPU's NIC(s); () = off (default)
 
     @property
     def auto(self) -> bool:
@@ -149,13 +158,31 @@ def _parse(value: Any) -> BindOptions:
     for flag in ("strict", "migrate"):
         if flag in value and not isinstance(value[flag], bool):
             raise _fail(value, f"{flag} must be true or false")
+    nic = _nic(value.get("nic", "off"), value)
+    explicit = not (isinstance(node, str) and node == "auto")
+    if nic and explicit:
+        raise _fail(value, 'nic needs the GPU the process drives, and an explicit node '
+                    'binds no GPU: drop "node" (the GPU\'s node is the default) or "nic"')
     return BindOptions(
-        node="auto" if isinstance(node, str) and node == "auto"
-        else _int_list(node, "node", value, MAX_NODE),
+        node=_int_list(node, "node", value, MAX_NODE) if explicit else "auto",
         cpus=(_choice(cpus, CPU_MODES, "cpus", value) if isinstance(cpus, str)
               else _int_list(cpus, "cpus", value, MAX_CPU)),
         memory=_choice(value.get("memory", "bind"), MEMORY_POLICIES, "memory", value),
         span=_choice(value.get("span", "union"), SPAN_POLICIES, "span", value),
         strict=value.get("strict", False),
         migrate=value.get("migrate", True),
+        nic=nic,
     )
+
+
+def _nic(value: Any, whole: Any) -> Tuple[str, ...]:
+    """``"auto"`` -> :data:`NIC_AUTO`; ``"off"`` -> (); ``{"vars": [...]}`` -> those
+    (at least one, each from :data:`NIC_VARS`), in :data:`NIC_VARS` order."""
+    if isinstance(value, str) and value in ("auto", "off"):
+        return NIC_AUTO if value == "auto" else ()
+    names = value.get("vars") if isinstance(value, Mapping) and set(value) == {"vars"} else None
+    if (not isinstance(names, (list, tuple)) or not names
+            or not all(isinstance(n, str) and n in NIC_VARS for n in names)):
+        raise _fail(whole, 'nic must be "auto", "off" or {"vars": [one or more of '
+                    f"{', '.join(NIC_VARS)}]}}")
+    return tuple(n for n in NIC_VARS if n in names)

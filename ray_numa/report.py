@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Sequence
 
 from . import environment
 from .apply import probe_mempolicy
-from .planning import plan_for
+from .cuda_ids import Gpu
 from .gpus import discover_gpus, gpu_numa_node
+from .nics import pci_place, read_nics
+from .planning import plan_for
 from .options import BindOptions
+from .pcipath import choose, compute_nets, matrix
 from .policy import Plan
 from .topology import format_cpulist, machine_topology, process_allowed
 
@@ -36,6 +40,7 @@ def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
                   for n in topo.nodes.values()],
         "gpu_source": source,
         "gpus": [],
+        "nics": nic_report(gpus, sys_root),
         "process": {
             "allowed_cpus": format_cpulist(allowed.cpus),
             "allowed_mems": format_cpulist(allowed.mems),
@@ -58,3 +63,25 @@ def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
                                "name": gpu.name, "numa_node": gpu_numa_node(gpu, sys_root, topo.nodes),
                                "mig": list(gpu.mig_uuids), "plan": plan})
     return report
+
+
+def nic_report(gpus: Sequence[Gpu], sys_root: Path) -> Dict[str, Any]:
+    """RDMA NICs, the GPU x NIC class matrix (``nvidia-smi topo -m``'s NIC columns)
+    and the NIC(s) ``numa_bind: {"nic": "auto"}`` would give each GPU."""
+    nics = read_nics(sys_root)
+    nets = compute_nets(nics, os.environ.get("NCCL_IB_HCA", ""))   # as the job's would
+    placed = [(g.index, pci_place(sys_root, g.bus_id)) for g in gpus]
+    known = [(i, p) for i, p in placed if p is not None]
+    chosen = choose(known, nets)
+    rows = dict(zip((i for i, _ in known), matrix(known, nics)))
+    return {
+        "devices": [{"name": n.name, "bus_id": n.bdf, "netdevs": list(n.netdevs),
+                     "numa_node": n.place.numa_node if n.place else None,
+                     "ports": [{"port": p.number, "state": p.state,
+                                "link_layer": p.link_layer, "rate_gbps": p.rate_gbps,
+                                "eligible": any(x.nic is n and x.port is p for x in nets)}
+                               for p in n.ports]} for n in nics],
+        "matrix": {str(g.index): rows.get(g.index) for g in gpus},
+        "chosen": {str(i): {"nets": list(c.nets), "path": c.path}
+                   for i, c in chosen.items()},
+    }

@@ -190,7 +190,7 @@ class Topology:
 def _read(path: Path, default: str = "") -> str:
     try:
         return path.read_text()
-    except OSError:
+    except (OSError, UnicodeDecodeError):   # a binary or garbled attribute: unread
         return default
 
 

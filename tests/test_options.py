@@ -24,10 +24,22 @@ GOOD = [
     (None, BindOptions(enabled=False)),            # unset: no binding
     (1.0, BindOptions(node=(1,))),                 # JSON Schema's "integer" counts 1.0
     ({"node": 1.0, "cpus": [2.0, 0]}, BindOptions(node=(1,), cpus=(0, 2))),
+    ({"nic": "auto"}, BindOptions(nic=("UCX_NET_DEVICES", "NVSHMEM_HCA_LIST",
+                                       "UCCL_P2P_RDMA_DEV"))),
+    ({"nic": "off"}, BindOptions()),
+    ({"nic": "off", "node": 1}, BindOptions(node=(1,))),
+    ({"nic": "auto", "node": "auto"}, BindOptions(nic=("UCX_NET_DEVICES", "NVSHMEM_HCA_LIST",
+                                                       "UCCL_P2P_RDMA_DEV"))),
+    ({"nic": {"vars": ["NCCL_IB_HCA", "UCX_NET_DEVICES", "NCCL_IB_HCA"]}},
+     BindOptions(nic=("UCX_NET_DEVICES", "NCCL_IB_HCA"))),
 ]
 BAD = ["bogus", -1, True, 1.5, 1024, {"node": [1, 5000]}, [0, 1], {"node": -2}, {"nodes": 1},
        {"memory": "membind"}, {"cpus": "all"}, {"strict": "yes"}, {"node": []},
-       {"span": "both"}, {"cpus": [True]}]
+       {"span": "both"}, {"cpus": [True]}, {"nic": True}, {"nic": {"vars": []}},
+       {"nic": {"vars": ["UCX_TLS"]}}, {"nic": {"vars": "UCX_NET_DEVICES"}},
+       {"nic": {"vars": ["NCCL_IB_HCA"], "port": 1}}, {"nic": "all"}, {"nic": None},
+       # nic follows the GPU; an explicit node binds none, so it would do nothing
+       {"nic": "auto", "node": 1}, {"nic": {"vars": ["UCX_NET_DEVICES"]}, "node": [0, 1]}]
 
 
 @pytest.mark.parametrize("value,expected", GOOD)
@@ -47,7 +59,7 @@ def test_rejected_forms_name_the_valid_forms_and_fail_the_schema(value):
 
 
 def test_options_survive_the_trip_to_the_worker():
-    opts = parse({"node": [0, 2], "cpus": [1, 3], "memory": "interleave"})
+    opts = parse({"cpus": [1, 3], "memory": "interleave", "nic": "auto"})
     assert BindOptions.from_json(opts.to_json()) == opts
 
 
@@ -66,8 +78,13 @@ _scalars = st.one_of(
     st.sampled_from(["auto", "off", "node", "socket", "exclusive", "core-complex", "bind",
                      "preferred", "interleave", "none", "union", "first", "skip", "x"]),
     st.integers(60000, 70000))
-_values = st.one_of(_scalars, st.lists(_scalars, max_size=3))
-_keys = st.one_of(st.sampled_from(["node", "cpus", "memory", "span", "strict", "migrate"]),
+_var_names = st.sampled_from(["UCX_NET_DEVICES", "NVSHMEM_HCA_LIST", "UCCL_P2P_RDMA_DEV",
+                              "NCCL_IB_HCA", "UCX_TLS", "vars"])
+_nic = st.dictionaries(st.sampled_from(["vars", "port"]),
+                       st.one_of(st.lists(_var_names, max_size=3), _var_names), max_size=2)
+_values = st.one_of(_scalars, st.lists(_scalars, max_size=3), _nic)
+_keys = st.one_of(st.sampled_from(["node", "cpus", "memory", "span", "strict", "migrate",
+                                   "nic", "nic"]),
                   st.sampled_from(["nodes", "Node", ""]), st.integers(0, 2))
 _numa_bind = st.one_of(_values, st.dictionaries(_keys, _values, max_size=4))
 

@@ -1,0 +1,163 @@
+"""RDMA network cards and where PCI devices sit, read from sysfs.
+
+Pure readers over a ``/sys``-shaped root, like :mod:`ray_numa.topology`: every file
+may be missing, empty or odd (hwloc's ``topology-linux.c`` reads the same tree the
+same way), and a machine this cannot read yields fewer facts, never an exception.
+
+Facts relied on (all world-readable):
+
+- ``class/infiniband/<dev>/device``: a link to the RDMA device's PCI function
+  (InfiniBand HCAs and RoCE NICs alike: the kernel's ib_core registers both);
+- ``class/infiniband/<dev>/ports/<n>/state`` (``4: ACTIVE``), ``link_layer``
+  (``InfiniBand`` | ``Ethernet``) and ``rate`` (``400 Gb/sec (4X NDR)``);
+- ``class/infiniband/<dev>/device/net/*``: the netdev(s) of the function (RoCE);
+- ``bus/pci/devices/<bdf>``: a link into ``devices/pciDDDD:BB/<root port>/.../<bdf>``,
+  whose components are the PCI bridges between the device and its host bridge;
+- ``bus/pci/devices/<bdf>/numa_node``: the device's NUMA node (-1: unknown);
+- ``class/infiniband/<dev>/device/physfn``: present on an SR-IOV virtual function
+  (the kernel's link to its physical function), absent on the physical one;
+- ``class/infiniband/<dev>/device/infiniband_verbs/uverbs<N>``: the verbs device
+  (``/dev/infiniband/uverbs<N>``) through which user space (libibverbs) uses it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import namedtuple
+from pathlib import Path
+from typing import Optional, Tuple
+
+from .topology import _read
+
+_BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+#: ``rate`` as the kernel's ``rate_show`` (drivers/infiniband/core/sysfs.c) writes
+#: it: "%d%s Gb/sec (%dX%s)", e.g. "400 Gb/sec (4X NDR)", "2.5 Gb/sec (1X SDR)".
+_RATE = re.compile(r"^(\d+(?:\.\d+)?) Gb/sec")
+_NUMA = re.compile(r"^-?\d+$")
+
+
+def _text(path: Path) -> str:
+    """The file's text without the NULs and whitespace a sysfs attribute may carry."""
+    return _read(path).replace("\0", "").strip()
+
+
+def bdf_order(bdf: str) -> int:
+    """A PCI address as one integer (domain, bus, device, function), the order NCCL
+    numbers its IB devices in: ``ncclIbCompareDevs`` (``net_ib/init.cc``, with
+    ``NCCL_IB_DEVICE_PCI_ORDER=1``, the default) compares ``pciPathToInt64`` of the
+    PCI path, and ``xml.cc`` keeps a PCI node's children sorted by bus id."""
+    domain, bus, devfn = bdf.split(":")
+    device, function = devfn.split(".")
+    return (int(domain, 16) << 16) | (int(bus, 16) << 8) | (int(device, 16) << 3) | int(function)
+
+
+class PciPlace(namedtuple("PciPlace", "bdf host_bridge switches numa_node")):
+    """Where a PCI function sits.
+
+    ``switches``: the PCI nodes NCCL builds above the device, nearest first. NCCL's
+    ``ncclTopoGetXmlFromSys`` (src/graph/xml.cc) walks the sysfs path upwards two
+    components at a time ("Rewind two '/' and follow the upper PCI switch"), so a
+    switch's downstream port and the root port are skipped and each switch is one
+    node, named by its upstream port; it stops where the component above is not a
+    BDF (``pci0000:00``, the host bridge, which NCCL turns into the CPU node).
+    """
+    __slots__ = ()
+    bdf: str
+    host_bridge: str              # e.g. "pci0000:15"; "" when the path is unknown
+    switches: Tuple[str, ...]
+    numa_node: int                # -1: unknown
+
+
+def pci_place(sys_root: Path, bdf: str) -> Optional[PciPlace]:
+    """The place of PCI function ``bdf`` (sysfs form), or None if sysfs lacks it."""
+    link = sys_root / "bus/pci/devices" / bdf
+    try:
+        target = os.path.normpath(os.path.join(link.parent, os.readlink(link)))
+    except OSError:
+        return None
+    parts = target.split(os.sep)
+    roots = [i for i, p in enumerate(parts) if p.startswith("pci") and ":" in p]
+    if not roots or parts[-1] != bdf:
+        return None
+    chain = parts[roots[-1] + 1:]             # root port ... device
+    if not chain or not all(_BDF.match(p) for p in chain):
+        return None
+    # the device is chain[-1]; its NCCL parent is two components up, and so on
+    switches = tuple(chain[i] for i in range(len(chain) - 3, -1, -2))
+    text = _text(link / "numa_node")
+    numa = int(text) if _NUMA.match(text) else -1
+    return PciPlace(bdf=bdf, host_bridge=parts[roots[-1]], switches=switches,
+                    numa_node=numa)
+
+
+class Port(namedtuple("Port", "number state link_layer rate_gbps")):
+    __slots__ = ()
+    number: int
+    state: str                    # "ACTIVE", "DOWN", "INIT", ... ("" if unreadable)
+    link_layer: str               # "InfiniBand" | "Ethernet" | ""
+    rate_gbps: Optional[float]    # None: unknown (unreadable, or not "<n> Gb/sec")
+
+    @property
+    def active(self) -> bool:
+        return self.state == "ACTIVE"
+
+
+class RdmaNic(namedtuple("RdmaNic", "name bdf ports netdevs place verbs",
+                         defaults=("",))):
+    """One RDMA device (``mlx5_0``), its ports, its netdevs and its PCI place."""
+    __slots__ = ()
+    name: str
+    bdf: str
+    ports: Tuple[Port, ...]
+    netdevs: Tuple[str, ...]
+    place: Optional[PciPlace]
+    verbs: str                    # "uverbs0": its verbs device; "" if sysfs has none
+
+
+def _port(port_dir: Path) -> Optional[Port]:
+    if not port_dir.name.isdecimal():
+        return None
+    state = _text(port_dir / "state")            # "4: ACTIVE"
+    # the kernel's rate_show fails with EINVAL when the port's speed or width is
+    # unknown; that (or anything not "<n> Gb/sec", or 0) is an unknown rate
+    rate = _RATE.match(_text(port_dir / "rate"))
+    gbps = float(rate.group(1)) if rate else None
+    return Port(number=int(port_dir.name), state=state.partition(":")[2].strip() or state,
+                link_layer=_text(port_dir / "link_layer"), rate_gbps=gbps or None)
+
+
+def _listdir(path: Path) -> Tuple[str, ...]:
+    try:
+        return tuple(sorted(os.listdir(path)))
+    except OSError:
+        return ()
+
+
+def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
+    """Every RDMA physical function under ``sys_root/class/infiniband``, in PCI order
+    (:func:`bdf_order`), as NCCL numbers them.
+
+    SR-IOV virtual functions are left out: NCCL merges a VF into its physical
+    function (``ncclIbGetPciPath`` with ``NCCL_IB_MERGE_VFS=1``, the default, zeroes
+    the device and function of its PCI path), so a VF is not another NIC to spread
+    GPUs over, nor another NIC for UCX's "all" to use.
+    """
+    base = sys_root / "class/infiniband"
+    nics = []
+    for name in _listdir(base):
+        dev = base / name
+        try:
+            bdf = os.path.basename(os.path.realpath(dev / "device"))
+        except OSError:
+            continue
+        if not _BDF.match(bdf):
+            continue          # no PCI function behind it (e.g. a parentless soft device)
+        if os.path.lexists(dev / "device/physfn"):
+            continue          # an SR-IOV VF: part of its physical function
+        ports = tuple(p for p in (_port(dev / "ports" / n) for n in _listdir(dev / "ports"))
+                      if p is not None)
+        verbs = [v for v in _listdir(dev / "device/infiniband_verbs") if v.startswith("uverbs")]
+        nics.append(RdmaNic(name=name, bdf=bdf, ports=ports,
+                            netdevs=_listdir(dev / "device/net"),
+                            place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else ""))
+    return tuple(sorted(nics, key=lambda n: (bdf_order(n.bdf), n.name)))

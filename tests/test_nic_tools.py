@@ -1,0 +1,109 @@
+"""``ray-numa show`` (the GPU x NIC matrix), ``ray-numa exec --nic`` and the audit's
+NIC warnings, on fixture machines with NICs."""
+import copy
+import json
+import os
+import sys
+
+from ray_numa.nic_env import audit_warnings
+from tests.fixtures.build import build_spec
+from tests.fixtures.machines import MACHINES
+from tests.test_cli_launcher import ray_numa
+
+PRINT_ENV = [sys.executable, "-c", "import json, os; print(json.dumps({k: os.environ.get(k) "
+             "for k in ('UCX_NET_DEVICES', 'NVSHMEM_HCA_LIST', 'UCCL_P2P_RDMA_DEV', "
+             "'NCCL_IB_HCA')}))"]
+
+
+def test_show_prints_the_gpu_by_nic_matrix(machine_tree):
+    env = {"RAY_NUMA_FIXTURE": str(machine_tree("dgx-h100-net"))}
+    r = json.loads(ray_numa("show", "--json", env=env).stdout)["nics"]
+    names = [d["name"] for d in r["devices"]]
+    assert names[:3] == ["mlx5_0", "mlx5_1", "mlx5_2"] and len(names) == 12
+    assert r["matrix"]["0"][names.index("mlx5_0")] == "PIX"
+    assert r["matrix"]["0"][names.index("mlx5_6")] == "SYS"
+    assert r["chosen"]["5"] == {"nets": ["mlx5_9:1"], "path": "PIX"}
+    storage_eth = r["devices"][names.index("mlx5_2")]
+    assert storage_eth["ports"][0]["link_layer"] == "Ethernet"
+    assert storage_eth["ports"][0]["eligible"] is False
+    text = ray_numa("show", env=env).stdout
+    assert "GPU x NIC" in text
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("GPU0 ")] == ["PIX"]
+
+
+def test_show_without_rdma_nics_says_so(machine_tree):
+    env = {"RAY_NUMA_FIXTURE": str(machine_tree("dgx-h100"))}
+    assert "RDMA NICs: none" in ray_numa("show", env=env).stdout
+
+
+def test_exec_nic_sets_the_ranks_nic_and_keeps_the_users(machine_tree):
+    env = {"RAY_NUMA_FIXTURE": str(machine_tree("dgx-h100-net")), "LOCAL_RANK": "4"}
+    got = json.loads(ray_numa("exec", "--nic", "auto", "--", *PRINT_ENV, env=env)
+                     .stdout.splitlines()[-1])
+    assert got == {"UCX_NET_DEVICES": "mlx5_6:1", "NVSHMEM_HCA_LIST": "mlx5_6:1",
+                   "UCCL_P2P_RDMA_DEV": "mlx5_6", "NCCL_IB_HCA": None}
+    mine = dict(env, UCX_NET_DEVICES="mlx5_1:1")
+    got = json.loads(ray_numa("exec", "--nic", "UCX_NET_DEVICES,NCCL_IB_HCA", "--",
+                              *PRINT_ENV, env=mine).stdout.splitlines()[-1])
+    assert got["UCX_NET_DEVICES"] == "mlx5_1:1" and got["NCCL_IB_HCA"] == "=mlx5_6:1"
+    assert got["NVSHMEM_HCA_LIST"] is None
+    spaced = json.loads(ray_numa("exec", "--nic", "UCX_NET_DEVICES, NCCL_IB_HCA,", "--",
+                                 *PRINT_ENV, env=env).stdout.splitlines()[-1])
+    assert spaced["UCX_NET_DEVICES"] == "mlx5_6:1" and spaced["NCCL_IB_HCA"] == "=mlx5_6:1"
+    for wrong in ("UCX_TLS", "", "Auto", ","):
+        bad = ray_numa("exec", "--nic", wrong, "--", "true", env=env, check=False)
+        assert bad.returncode == 2 and f"--nic {wrong!r}" in bad.stderr, wrong
+        assert "numa_bind accepts" not in bad.stderr
+    node = ray_numa("exec", "--node", "1", "--nic", "auto", "--", "true", env=env,
+                    check=False)
+    assert node.returncode == 2 and "--nic follows the GPU, and --node binds none" in node.stderr
+
+
+def test_audit_warns_on_a_sys_nic_and_on_ucx_all(machine_tree):
+    dgx = machine_tree("dgx-h100-net") / "sys"
+    far = {"gpus": ["4"], "nic": ["mlx5_1:1"], "nic_path": "SYS", "nic_vars": []}
+    assert audit_warnings(far, {"UCX_NET_DEVICES": "mlx5_1:1"}, dgx) == [
+        "nic: mlx5_1:1 is across sockets (SYS) from its GPU"]
+    gpu = {"gpus": ["0"], "status": "bound"}
+    [warning] = audit_warnings(gpu, {"UCX_NET_DEVICES": "all"}, dgx)
+    assert "UCX_NET_DEVICES=all on a node with 10 RDMA NICs" in warning
+    # ray-numa's own value (recorded) is what the process has, not its start environ
+    fixed = dict(gpu, nic_vars=["UCX_NET_DEVICES=mlx5_0:1"])
+    assert audit_warnings(fixed, {"UCX_NET_DEVICES": "all"}, dgx) == []
+    # one NIC: "all" is that NIC; CPU workers are not GPU workers
+    assert audit_warnings(gpu, {"UCX_NET_DEVICES": "all"},
+                          machine_tree("dgx-h100") / "sys") == []
+    assert audit_warnings({"gpus": []}, {"UCX_NET_DEVICES": "all"}, dgx) == []
+
+
+def test_audit_counts_unset_ucx_net_devices_as_all(machine_tree):
+    """UCX's default is UCX_NET_DEVICES=all (``ucx_info -c``)."""
+    dgx = machine_tree("dgx-h100-net") / "sys"
+    [warning] = audit_warnings({"gpus": ["0"], "status": "bound"}, {}, dgx)
+    assert "UCX_NET_DEVICES unset (UCX default: all) on a node with 10 RDMA NICs" in warning
+
+
+def test_audit_says_numa_node_unknown_not_across_sockets(tmp_path):
+    """Firmware that gives a NIC no proximity (numa_node -1): NCCL's path is SYS, but
+    whether it crosses a socket is unknown, and the warning says that."""
+    spec = copy.deepcopy(MACHINES["socket0-nics"])
+    for nic in spec["nics"]:
+        nic["numa"] = -1
+    root = build_spec(spec, tmp_path / "t") / "sys"
+    far = {"gpus": ["0"], "nic": ["mlx5_0:1"], "nic_path": "SYS", "nic_vars": []}
+    [warning] = audit_warnings(far, {"UCX_NET_DEVICES": "mlx5_0:1"}, root)
+    assert "NUMA node is unknown" in warning and "across sockets" not in warning
+
+
+def test_audit_does_not_count_sriov_vfs(tmp_path):
+    """A VF is its physical function's (NCCL_IB_MERGE_VFS): one NIC and its VF are
+    one NIC for UCX_NET_DEVICES=all."""
+    spec = copy.deepcopy(MACHINES["socket0-nics"])
+    spec["nics"] = spec["nics"][1:]
+    spec["nics"][1]["ports"] = [("ACTIVE", "Ethernet", 200)]
+    root = build_spec(spec, tmp_path / "t") / "sys"
+    gpu = {"gpus": ["0"], "status": "bound"}
+    assert audit_warnings(gpu, {"UCX_NET_DEVICES": "all"}, root)       # two PFs
+    vf = root / "devices" / spec["pci_paths"]["0000:3b:00.1"] / "0000:3b:00.1"
+    os.symlink("../0000:3b:00.0", vf / "physfn")
+    assert audit_warnings(gpu, {"UCX_NET_DEVICES": "all"}, root) == []

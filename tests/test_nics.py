@@ -1,0 +1,272 @@
+"""RDMA NICs from sysfs, GPU-to-NIC classes and NCCL's per-GPU NIC choice.
+
+The rule cases transcribe NVIDIA/nccl (commit 5067397, 2026-06): ``src/graph/xml.cc``
+``ncclTopoGetXmlFromSys`` (a PCI node per switch, walking the sysfs path two levels
+at a time), ``src/graph/paths.cc`` ``ncclTopoSetPaths`` (PIX/PXB/PHB/SYS path
+types), ``src/graph/topo.cc`` ``ncclTopoGetLocal`` and ``ncclTopoGetLocalNetType``
+(best NICs per GPU; ``DIVUP(nets, gpus)`` each, first at ``dev % gpus``,
+``mirrorBits`` when the NIC count is a power of two).
+"""
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ray_numa.nics import PciPlace, Port, RdmaNic, bdf_order, pci_place, read_nics
+from ray_numa.pcipath import _mirror_bits, choose, compute_nets, matrix, path_class
+from tests.fixtures.build import build_spec
+from tests.fixtures.machines import MACHINES, _nic
+
+
+def _place(switches=(), host="pci0000:00", numa=0, bdf="0000:99:00.0"):
+    return PciPlace(bdf=bdf, host_bridge=host, switches=tuple(switches), numa_node=numa)
+
+
+# (GPU place, NIC place, class) -- nvidia-smi's names, NCCL's ncclTopoSetPaths types
+RULES = [
+    # one switch node on the path: GPU->PCI and PCI->NIC links are both PATH_PIX
+    (_place(["s1"]), _place(["s1"]), "PIX"),
+    # "if (node->type == PCI && remNode->type == PCI) newType = PATH_PXB"
+    (_place(["s2", "s1"]), _place(["s1"]), "PXB"),
+    (_place(["s2", "s1"]), _place(["s3", "s1"]), "PXB"),
+    # a path through the CPU node: PATH_PHB (same host bridge: nvidia-smi's PHB) ...
+    (_place(["s1"]), _place(["s2"]), "PHB"),
+    (_place([]), _place([]), "PHB"),
+    # ... and other host bridges of the same NUMA node: NCCL's PHB, nvidia-smi's NODE
+    (_place(["s1"], host="pci0000:15"), _place([], host="pci0000:27"), "NODE"),
+    # CPU-CPU link LINK_SYS: another NUMA node
+    (_place([], host="pci0000:15", numa=0), _place([], host="pci0000:97", numa=1), "SYS"),
+    # numa_node -1 on both: NCCL makes one CPU node "numaid -1" for both
+    (_place([], host="pci0000:15", numa=-1), _place([], host="pci0000:97", numa=-1), "NODE"),
+    (_place([], host="pci0000:15", numa=-1), _place([], host="pci0000:97", numa=0), "SYS"),
+]
+
+
+@pytest.mark.parametrize("gpu,nic,expected", RULES)
+def test_path_classes_follow_ncclTopoSetPaths(gpu, nic, expected):
+    assert path_class(gpu, nic) == expected
+    assert path_class(nic, gpu) == expected
+
+
+def test_mirror_bits_as_nccl():
+    # mirrorBits(val, pow2) reverses the log2(pow2) low bits
+    assert [_mirror_bits(v, 4) for v in range(4)] == [0, 2, 1, 3]
+    assert [_mirror_bits(v, 2) for v in range(4)] == [0, 1, 0, 1]
+    assert _mirror_bits(5, 1) == 0 and _mirror_bits(6, 8) == 3
+
+
+def test_pci_place_walks_like_nccl(tmp_path):
+    """Root port, switch upstream, switch downstream, device: NCCL's parent of the
+    device is the upstream port (two levels up); the root port is skipped."""
+    chain = "pci0000:15/0000:15:01.0/0000:16:00.0/0000:17:00.0/0000:18:00.0"
+    (tmp_path / "devices" / chain).mkdir(parents=True)
+    (tmp_path / "devices" / chain / "numa_node").write_text("1\n")
+    (tmp_path / "bus/pci/devices").mkdir(parents=True)
+    os.symlink(f"../../../devices/{chain}", tmp_path / "bus/pci/devices/0000:18:00.0")
+    assert pci_place(tmp_path, "0000:18:00.0") == PciPlace(
+        "0000:18:00.0", "pci0000:15", ("0000:16:00.0",), 1)
+    assert pci_place(tmp_path, "0000:ff:00.0") is None
+
+
+def _nets(tree, machine):
+    return _nets_at(tree(machine))
+
+
+def _nets_at(root):
+    sys_root = root / "sys"
+    nvml = json.loads((root / "nvml.json").read_text())["devices"]
+    bdfs = sorted(g["bus_id"][4:].lower() for g in nvml)
+    places = [(i, pci_place(sys_root, b)) for i, b in enumerate(bdfs)]
+    nics = read_nics(sys_root)
+    return places, nics, choose(places, compute_nets(nics))
+
+
+def test_dgx_h100_each_gpu_gets_its_switch_nic(machine_tree):
+    """DGX H100 User Guide, Table 6: GPU 0-7 -> mlx5_0,3,4,5,6,9,10,11 (PIX); the
+    storage cards (mlx5_1/2, mlx5_7/8, on the host bridges) are never chosen."""
+    places, nics, chosen = _nets(machine_tree, "dgx-h100-net")
+    assert [chosen[g].nets for g in range(8)] == [
+        (f"mlx5_{n}:1",) for n in (0, 3, 4, 5, 6, 9, 10, 11)]
+    assert {c.path for c in chosen.values()} == {"PIX"}
+    rows = matrix(places, nics)
+    names = [n.name for n in nics]
+    assert rows[0][names.index("mlx5_0")] == "PIX"
+    assert rows[0][names.index("mlx5_1")] == "NODE"     # storage, socket 0
+    assert rows[0][names.index("mlx5_6")] == "SYS"      # GPU 4's NIC, socket 1
+    assert rows[7][names.index("mlx5_8")] == "NODE"
+    nic0 = next(n for n in nics if n.name == "mlx5_0")
+    assert nic0.netdevs == ("ibp24s0",) and nic0.ports[0].rate_gbps == 400.0
+
+
+def test_gb200_tray_gpus_spread_over_their_graces_nics(machine_tree):
+    """Two GPUs share two NODE NICs per Grace: DIVUP(2, 2) = 1 each, first at
+    dev % 2, mirrored (2 is a power of two). BlueField-3 Ethernet ports are out:
+    the machine has an InfiniBand fabric."""
+    _, _, chosen = _nets(machine_tree, "gb200-net")
+    assert [chosen[g].nets for g in range(4)] == [
+        ("mlx5_0:1",), ("mlx5_1:1",), ("mlx5_4:1",), ("mlx5_5:1",)]
+    assert {c.path for c in chosen.values()} == {"NODE"}
+
+
+def test_two_nics_on_socket_0_serve_every_gpu(machine_tree):
+    """Four GPUs share two NODE NICs: one each, dev % 4 mirrored over 2 -> 0,1,0,1;
+    socket 1's GPUs reach them only across sockets (SYS), with the same spread
+    (ncclTopoGetLocal from the NIC finds socket 0's four GPUs). The down port of
+    mlx5_2 is never chosen."""
+    _, nics, chosen = _nets(machine_tree, "socket0-nics")
+    assert [chosen[g].nets[0] for g in range(8)] == ["mlx5_0:1", "mlx5_1:1"] * 4
+    assert [chosen[g].path for g in range(8)] == ["NODE"] * 4 + ["SYS"] * 4
+    assert [n.name for n in compute_nets(nics)] == ["mlx5_0:1", "mlx5_1:1"]
+
+
+def test_one_gpu_with_two_switch_nics_gets_both_and_two_gpus_one_each():
+    """ncclTopoGetLocalNetType: netsPerGpu = DIVUP(localNetCount, localGpuCount)."""
+    from ray_numa.nics import Port, RdmaNic
+    port = Port(1, "ACTIVE", "InfiniBand", 400.0)
+    nics = [RdmaNic(f"mlx5_{i}", f"0000:0{i}:00.0", (port,), (), _place(["sw"]))
+            for i in range(2)]
+    nets = compute_nets(nics)
+    assert choose([(0, _place(["sw"]))], nets)[0].nets == ("mlx5_0:1", "mlx5_1:1")
+    two = choose([(0, _place(["sw"])), (1, _place(["sw"]))], nets)
+    assert (two[0].nets, two[1].nets) == (("mlx5_0:1",), ("mlx5_1:1",))
+
+
+def test_compute_fabric_filter():
+    """Active ports only; InfiniBand when present; then the fastest rate."""
+    from ray_numa.nics import Port, RdmaNic
+    mk = lambda n, state, layer, rate: RdmaNic(  # noqa: E731
+        n, "0000:01:00.0", (Port(1, state, layer, rate),), (), _place())
+    nics = [mk("a", "ACTIVE", "InfiniBand", 200.0), mk("b", "ACTIVE", "InfiniBand", 400.0),
+            mk("c", "DOWN", "InfiniBand", 400.0), mk("d", "ACTIVE", "Ethernet", 400.0)]
+    assert [n.name for n in compute_nets(nics)] == ["b:1"]
+    roce = [mk("e", "ACTIVE", "Ethernet", 100.0), mk("f", "ACTIVE", "Ethernet", 200.0)]
+    assert [n.name for n in compute_nets(roce)] == ["f:1"]
+    assert compute_nets([]) == [] and choose([(0, _place())], []) == {}
+
+
+def test_partial_and_broken_sysfs_never_raises(tmp_path):
+    """hwloc-style: missing files, a dangling device link, junk port names and
+    unreadable rates give fewer facts, not an exception."""
+    ib = tmp_path / "class/infiniband"
+    (ib / "mlx5_0/ports/1").mkdir(parents=True)           # no device link at all
+    (ib / "mlx5_1").mkdir()
+    os.symlink("../../../devices/nowhere", ib / "mlx5_1/device")   # dangling
+    (ib / "rxe0").mkdir()                                  # no device link: skipped
+    (ib / "mlx5_2/ports/1").mkdir(parents=True)
+    (ib / "mlx5_2/ports/notaport").mkdir()
+    (ib / "mlx5_2/ports/1/rate").write_text("fast\n")
+    (ib / "mlx5_2/ports/1/state").write_text("4: ACTIVE\0")
+    dev = tmp_path / "devices/pci0000:00/0000:00:01.0/0000:01:00.0"
+    dev.mkdir(parents=True)
+    os.symlink(os.path.relpath(dev, ib / "mlx5_2"), ib / "mlx5_2/device")
+    nics = read_nics(tmp_path)
+    assert [n.name for n in nics] == ["mlx5_2"]
+    (nic,) = nics
+    assert nic.place is None          # no bus/pci/devices link: place unknown
+    assert nic.ports[0].state == "ACTIVE" and nic.ports[0].rate_gbps is None
+    assert compute_nets(nics) == []   # unknown place: never chosen
+    assert read_nics(tmp_path / "absent") == ()
+
+
+def test_this_machine_reads_without_error():
+    """Whatever this machine has (often no RDMA device at all): the documented types."""
+    nics = read_nics(Path("/sys"))
+    assert isinstance(nics, tuple)
+    for nic in nics:
+        assert isinstance(nic, RdmaNic) and nic.name and bdf_order(nic.bdf) >= 0
+        assert nic.place is None or isinstance(nic.place, PciPlace)
+        assert isinstance(nic.verbs, str) and all(isinstance(d, str) for d in nic.netdevs)
+        for port in nic.ports:
+            assert isinstance(port.number, int) and isinstance(port.state, str)
+            assert port.rate_gbps is None or port.rate_gbps > 0
+    assert [bdf_order(n.bdf) for n in nics] == sorted(bdf_order(n.bdf) for n in nics)
+
+
+# --- review findings (issue 23): cases built from a fixture spec -----------------------
+
+def _spec(name):
+    return copy.deepcopy(MACHINES[name])
+
+
+def test_sriov_vfs_are_not_extra_nics(tmp_path):
+    """A VF (``physfn`` link, as the kernel presents one) is part of its physical
+    function: NCCL merges it (net_ib/init.cc ``ncclIbGetPciPath``,
+    ``NCCL_IB_MERGE_VFS=1``), so it is neither chosen nor counted."""
+    s = _spec("dgx-h100-net")
+    parent = s["pci_paths"]["0000:18:00.0"]
+    s["pci_paths"]["0000:18:00.1"] = parent
+    s["nics"].append(_nic("mlx5_12", "0000:18:00.1", 0, net=("ibp24s0v0",)))
+    root = build_spec(s, tmp_path / "t")
+    os.symlink("../0000:18:00.0", root / "sys/devices" / parent / "0000:18:00.1/physfn")
+    places, nics, chosen = _nets_at(root)
+    assert "mlx5_12" not in [n.name for n in nics]
+    assert chosen[0].nets == ("mlx5_0:1",) and chosen[0].path == "PIX"
+
+
+def test_one_infiniband_port_does_not_evict_a_roce_compute_fabric(tmp_path):
+    """8 x 400G RoCE on the GPU switches and one 200G InfiniBand storage port:
+    rate ranks first, InfiniBand wins only among ports at the top rate."""
+    s = _spec("dgx-h100-net")
+    s["nics"] = [n for n in s["nics"] if n["name"] not in ("mlx5_2", "mlx5_7", "mlx5_8")]
+    for n in s["nics"]:
+        n["ports"] = ([("ACTIVE", "InfiniBand", 200)] if n["name"] == "mlx5_1"
+                      else [("ACTIVE", "Ethernet", 400)])
+    _, _, chosen = _nets_at(build_spec(s, tmp_path / "t"))
+    assert [chosen[g].nets for g in range(8)] == [
+        (f"mlx5_{n}:1",) for n in (0, 3, 4, 5, 6, 9, 10, 11)]
+
+
+def test_the_jobs_nccl_ib_hca_allow_list_names_the_compute_fabric():
+    """An all-Ethernet box whose storage port has the compute ports' rate: only the
+    job's NCCL_IB_HCA tells them apart (NCCL's syntax: prefix match, ``=`` exact,
+    ``:port``; a ``^`` list excludes, and is not an allow-list)."""
+    mk = lambda n: RdmaNic(n, "0000:01:00.0", (Port(1, "ACTIVE", "Ethernet", 200.0),),  # noqa: E731
+                           (), _place())
+    nics = [mk("mlx5_0"), mk("mlx5_1"), mk("mlx5_10")]
+    names = lambda hca: [n.name for n in compute_nets(nics, hca)]  # noqa: E731
+    assert names("") == ["mlx5_0:1", "mlx5_1:1", "mlx5_10:1"]
+    assert names("mlx5_1") == ["mlx5_1:1", "mlx5_10:1"]
+    assert names("=mlx5_1") == ["mlx5_1:1"]
+    assert names("=mlx5_0:1,mlx5_10:2") == ["mlx5_0:1"]
+    assert names("^mlx5_1") == names("")
+
+
+@pytest.mark.parametrize("text", [None, "", "\0\0", "nan Gb/sec", "inf Gb/sec", "fast",
+                                  "0 Gb/sec", "-400 Gb/sec", "400"])
+def test_an_unknown_rate_never_evicts_a_port(tmp_path, text):
+    """``rate_show`` fails with EINVAL when speed or width is unknown (the file
+    reads as an error); anything but "<n> Gb/sec" (n > 0) is unknown too, and a
+    port of unknown rate stays in, ranked by distance."""
+    root = build_spec(MACHINES["dgx-h100-net"], tmp_path / "t")
+    rate = root / "sys/class/infiniband/mlx5_0/ports/1/rate"
+    rate.unlink()
+    if text is not None:
+        rate.write_text(text + "\n")
+    places, nics, chosen = _nets_at(root)
+    assert chosen[0].nets == ("mlx5_0:1",) and chosen[0].path == "PIX"
+    assert chosen[1].nets == ("mlx5_3:1",)        # nor sets the top rate for the others
+    assert nics[0].name == "mlx5_0" and nics[0].ports[0].rate_gbps is None
+
+
+def test_rate_parses_what_the_kernel_writes(tmp_path):
+    port = tmp_path / "1"
+    port.mkdir()
+    from ray_numa.nics import _port
+    for text, gbps in (("400 Gb/sec (4X NDR)", 400.0), ("2.5 Gb/sec (1X SDR)", 2.5),
+                       ("53.125 Gb/sec (1X HDR)", 53.125)):
+        (port / "rate").write_text(text + "\n")
+        assert _port(port).rate_gbps == gbps
+
+
+def test_nic_order_is_pci_order_as_in_nccl(tmp_path):
+    """``ncclIbCompareDevs`` (NCCL_IB_DEVICE_PCI_ORDER=1) and the XML tree's bus-id
+    order: with Grace 0's two CX-7s probed the other way round (mlx5_0 at
+    0002:03:00.0), GPU 0 still gets the NIC at 0000:03:00.0."""
+    s = _spec("gb200-net")
+    s["nics"][0]["bdf"], s["nics"][1]["bdf"] = "0002:03:00.0", "0000:03:00.0"
+    _, nics, chosen = _nets_at(build_spec(s, tmp_path / "t"))
+    assert [n.bdf for n in nics][:2] == ["0000:03:00.0", "0002:03:00.0"]
+    assert chosen[0].nets == ("mlx5_1:1",) and chosen[1].nets == ("mlx5_0:1",)
+    assert bdf_order("0000:03:00.1") < bdf_order("0000:03:01.0") < bdf_order("0002:00:00.0")
