@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 from . import environment
+from .sysfs import read_int, read_sysfs
 
 NVIDIA_VENDOR = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers
@@ -96,11 +97,8 @@ def sysfs_gpus(sys_root: Path) -> List[Gpu]:
     """NVIDIA display/3D controllers in PCI order: NVML's order, without NVML."""
     found = []
     for dev in sorted((sys_root / "bus/pci/devices").glob("*")):
-        try:
-            vendor = (dev / "vendor").read_text().strip()
-            klass = (dev / "class").read_text().strip()
-        except OSError:
-            continue
+        vendor = (read_sysfs(dev / "vendor") or "").strip()
+        klass = (read_sysfs(dev / "class") or "").strip()
         if vendor == NVIDIA_VENDOR and klass[:6] in GPU_CLASSES:
             found.append(dev.name)
     return [Gpu(index=i, bus_id=b) for i, b in enumerate(found)]
@@ -248,13 +246,28 @@ def visible_entry(logical: int, visible: Optional[str]) -> str:
     return entries[logical]
 
 
+def pci_numa_node_read(bus_id: str, sys_root: Path) -> Tuple[Optional[int], str]:
+    """sysfs ``numa_node`` of a PCI function, and why there is none: "" when there is
+    one; else whether the file is missing (a kernel without NUMA, a device that is not
+    there), says -1 (the firmware's ACPI tables give the device no proximity) or holds
+    no number. NULs and whitespace are ignored, as hwloc reads it
+    (``hwloc_linuxfs_read_osdev_numa_node`` in hwloc/topology-linux.c)."""
+    path = sys_root / "bus/pci/devices" / bus_id / "numa_node"
+    text = read_sysfs(path)
+    if text is None:
+        return None, f"{bus_id} has no sysfs numa_node"
+    value = read_int(text)
+    if value is None:
+        return None, f"{bus_id}'s sysfs numa_node is not a number ({text.strip()[:20]!r})"
+    if value < 0:
+        return None, f"{bus_id}'s sysfs numa_node is {value} (firmware gave none)"
+    return value, ""
+
+
 def pci_numa_node(bus_id: str, sys_root: Path) -> Optional[int]:
-    """sysfs ``numa_node`` of a PCI function; None for -1 (firmware gave none)."""
-    try:
-        value = int((sys_root / "bus/pci/devices" / bus_id / "numa_node").read_text())
-    except (OSError, ValueError):
-        return None
-    return value if value >= 0 else None
+    """sysfs ``numa_node`` of a PCI function; None when it has none
+    (:func:`pci_numa_node_read` says why)."""
+    return pci_numa_node_read(bus_id, sys_root)[0]
 
 
 def gpu_numa_node(gpu: Gpu, sys_root: Path,

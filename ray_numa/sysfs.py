@@ -90,9 +90,12 @@ def not_read(problems: List[str], path: Path, text: str, what: str) -> None:
     problems.append(f"{path}: not {what} ({text.strip()[:40]!r}); ignored")
 
 
-def read_cpus(problems: List[str], directory: Path, *names: str) -> Optional[FrozenSet[int]]:
-    """The first of the files ``names`` in ``directory`` that holds a CPU set: a
-    ``...list`` file in the list format, any other a hex map. None if none does.
+def read_cpus(problems: List[str], directory: Path, *names: str,
+              member: Optional[int] = None) -> Optional[FrozenSet[int]]:
+    """The first of the files ``names`` in ``directory`` that holds a CPU set (with
+    CPU ``member`` in it, if given: cpuN's siblings or cache leave out cpuN only when
+    the file is wrong): a ``...list`` file in the list format, any other a hex map.
+    None if none does.
 
     A list file with a hex twin (``cpulist``/``cpumap``, ``shared_cpu_list``/
     ``shared_cpu_map``, ``thread_siblings_list``/``thread_siblings``) falls back to
@@ -106,9 +109,10 @@ def read_cpus(problems: List[str], directory: Path, *names: str) -> Optional[Fro
             continue
         as_list = name.endswith("list")
         found = sysfs_list(text) if as_list else sysfs_mask(text)
-        if found is not None:
+        if found is not None and (member is None or member in found or not found):
             return found
-        not_read(problems, path, text, "a CPU list" if as_list else "a CPU map")
+        not_read(problems, path, text, ("a CPU list" if as_list else "a CPU map")
+                 + ("" if member is None else f" with cpu{member} in it"))
     return None
 
 

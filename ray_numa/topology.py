@@ -139,9 +139,14 @@ def _read_package(cpu_dir: Path, problems: List[str]) -> int:
     return value
 
 
+def _cpu_id(cpu_dir: Path) -> int:
+    return int(cpu_dir.name[len("cpu"):])
+
+
 def _read_siblings(cpu_dir: Path, problems: List[str]) -> Optional[FrozenSet[int]]:
     return read_cpus(problems, cpu_dir / "topology", "thread_siblings_list",
-                      "thread_siblings", "core_cpus_list", "core_cpus")
+                     "thread_siblings", "core_cpus_list", "core_cpus",
+                     member=_cpu_id(cpu_dir))
 
 
 def _mem_kb(meminfo: str) -> int:
@@ -177,14 +182,10 @@ def _read_llc(cpu_dir: Path, problems: List[str]) -> FrozenSet[int]:
     if not caches:
         return frozenset()
     index = max(caches, key=lambda c: c[0])[1]
-    shared = read_cpus(problems, index, "shared_cpu_list", "shared_cpu_map")
-    if shared == frozenset():
-        shared = _read_siblings(cpu_dir, problems)
-    cpu = int(cpu_dir.name[len("cpu"):])
-    if shared and cpu not in shared:
-        problems.append(f"{index}: the CPUs sharing cpu{cpu}'s cache leave it out; ignored")
-        return frozenset()
-    return shared or frozenset()
+    shared = read_cpus(problems, index, "shared_cpu_list", "shared_cpu_map",
+                       member=_cpu_id(cpu_dir))
+    return (shared or _read_siblings(cpu_dir, problems)) if shared is not None \
+        else frozenset()
 
 
 def _online_cpus(cpu_root: Path, problems: List[str]) -> FrozenSet[int]:
