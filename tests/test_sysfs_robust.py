@@ -226,11 +226,18 @@ def _interesting(root: Path) -> List[str]:
     return sorted({str(p.relative_to(root)) for p in picks} | {"proc/self/status"})
 
 
+class Copies(dict):
+    """name -> (root, candidate files); a short repr for hypothesis's reports."""
+
+    def __repr__(self) -> str:
+        return f"<copies of {', '.join(self)}>"
+
+
 @pytest.fixture(scope="module")
-def mutable(dumps, tmp_path_factory) -> Dict[str, tuple]:
+def mutable(dumps, tmp_path_factory) -> Copies:
     """A private copy of each MUTATED dump (copied once), with its candidate files."""
     base = tmp_path_factory.mktemp("mutable")
-    out = {}
+    out = Copies()
     for name in MUTATED:
         root = Path(shutil.copytree(dumps[name], base / name, symlinks=True))
         out[name] = (root, _interesting(root))
