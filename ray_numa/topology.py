@@ -85,10 +85,10 @@ class Topology:
             self._memo.setdefault((kind, other), shared)
         return shared
 
-    def package(self, cpu: int) -> int:
-        """The CPU's socket (``physical_package_id``); 0 when the kernel has none, -1
-        when it does not know (POWER7) or the file is not a number (hwloc's "unknown"
-        for an id it cannot read)."""
+    def package(self, cpu: int) -> Optional[int]:
+        """The CPU's socket (``physical_package_id``); None when unknown: the file is
+        missing or says -1, as POWER7 firmware does (hwloc's ``256ppc-8n8s4t`` dump),
+        or is not a number (hwloc's "unknown" for an id it cannot read)."""
         return self._cpu_fact("package", cpu, _read_package)
 
     def siblings(self, cpu: int) -> FrozenSet[int]:
@@ -110,12 +110,12 @@ class Topology:
         """
         return self._shared_fact("llc", cpu, _read_llc)
 
-    def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[int]:
+    def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[Optional[int]]:
         """Sockets of the nodes: one CPU per node says which (a node is on one socket)."""
         return frozenset(self.package(min(self.nodes[n].cpus)) for n in node_ids
                          if self.nodes[n].cpus)
 
-    def nodes_of_packages(self, packages: FrozenSet[int]) -> Tuple[int, ...]:
+    def nodes_of_packages(self, packages: FrozenSet[Optional[int]]) -> Tuple[int, ...]:
         return tuple(sorted(n.id for n in self.nodes.values()
                             if n.cpus and self.packages_of([n.id]) <= packages))
 
@@ -127,16 +127,13 @@ def _read(path: Path, default: str = "") -> str:
     return default if text is None else text
 
 
-def _read_package(cpu_dir: Path, problems: List[str]) -> int:
+def _read_package(cpu_dir: Path, problems: List[str]) -> Optional[int]:
     path = cpu_dir / "topology/physical_package_id"
     text = read_sysfs(path)
-    if text is None or not text.strip():
-        return 0
     value = read_int(text)
-    if value is None:
+    if value is None and text is not None and text.strip():
         not_read(problems, path, text, "a package id")
-        return -1
-    return value
+    return value if value is not None and value >= 0 else None
 
 
 def _cpu_id(cpu_dir: Path) -> int:

@@ -143,7 +143,7 @@ def test_garbage_ids_and_limits_are_ignored_with_a_reason(tmp_path, use):
     (root / "proc/self/status").write_text("Cpus_allowed_list:\t0-x\nMems_allowed_list:\t0-1\n")
     use(root)
     topo = topology.machine_topology()
-    assert [topo.package(c) for c in range(4)] == [0, 0, -1, -1]
+    assert [topo.package(c) for c in range(4)] == [0, 0, None, None]
     assert topo.distance(0, 1) == 21 and topo.nodes[1].distances == {}
     assert topology.process_allowed(topo).cpus == {0, 1, 2, 3}
     assert any("distance" in p for p in topo.problems)
