@@ -22,7 +22,7 @@ from ray_numa import bind_current_process, binding, cli, gpus, topology
 from ray_numa.binding import Binding
 from ray_numa.cpusets import format_cpulist, parse_cpulist
 from ray_numa.report import machine_report
-from ray_numa.sysfs import sysfs_list, sysfs_mask
+from ray_numa.sysfs import read_int, read_sysfs, sysfs_list, sysfs_mask
 from ray_numa.topology import read_topology
 from tests.fixtures import hwloc_corpus
 
@@ -39,18 +39,31 @@ def pci_devices(root: Path) -> List[str]:
         return []
 
 
+def driver_numa_node(root: Path, bus: str) -> Optional[int]:
+    """The GPU memory node the NVIDIA driver names (``numa_status``, "Node: 255" on
+    POWER9 + V100), which NVML reports as the device's NUMA node there; else None."""
+    status = read_sysfs(root / "proc/driver/nvidia/gpus" / bus / "numa_status") or ""
+    words = status.partition("Node:")[2].split()
+    return read_int(words[0]) if words else None
+
+
 def machine(root: Path, dest: Path, nvml: bool = True) -> Path:
     """A fixture machine (RAY_NUMA_FIXTURE) on a dump: its sys/ and proc/, and a fake
-    NVML that calls every PCI device of the dump a GPU (no NVML NUMA node, as on x86,
-    so ray-numa takes the device's sysfs numa_node)."""
+    NVML that calls every PCI device of the dump a GPU, with NVML's NUMA node where
+    the driver has one (else none, as on x86: ray-numa takes sysfs numa_node)."""
     dest.mkdir(parents=True, exist_ok=True)
     for part in ("sys", "proc"):
         if (root / part).exists() and not (dest / part).exists():
             (dest / part).symlink_to(root / part)
     if nvml:
-        devices = [{"uuid": f"GPU-{i:08d}-0000-0000-0000-000000000000", "name": "PCI device",
-                    "bus_id": f"0000{bus}", "compute_capability": [9, 0]}
-                   for i, bus in enumerate(pci_devices(root))]
+        devices = []
+        for i, bus in enumerate(pci_devices(root)):
+            devices.append({"uuid": f"GPU-{i:08d}-0000-0000-0000-000000000000",
+                            "name": "PCI device", "bus_id": f"0000{bus}",
+                            "compute_capability": [9, 0]})
+            node = driver_numa_node(root, bus)
+            if node is not None and node >= 0:
+                devices[-1]["numa_node"] = node
         (dest / "nvml.json").write_text(json.dumps({"devices": devices}))
     return dest
 
@@ -222,7 +235,8 @@ def _interesting(root: Path) -> List[str]:
                   and p.parent.name in ("topology", "index0", "index2", "index3")]
     picks += list((sys_ / "devices/system/cpu").glob("online"))
     picks += list((sys_ / "bus/pci/devices").glob("*/numa_node"))
-    picks += list((sys_ / "bus/pci/devices").glob("*/local_cpus"))
+    picks += list((sys_ / "bus/pci/devices").glob("*/local_cpu*"))
+    picks += list((root / "proc/driver/nvidia/gpus").glob("*/numa_status"))
     return sorted({str(p.relative_to(root)) for p in picks} | {"proc/self/status"})
 
 
