@@ -225,19 +225,23 @@ MUTATED = ("8em64t-2s2ca2c", "16em64t-4s2c2t", "16amd64-8n2c-cpusets",
 MUTATIONS = ("truncate", "drop", "nul", "garbage", "minus one", "huge")
 
 
-def _interesting(root: Path) -> List[str]:
-    """The files ray-numa reads (a sample of the per-CPU ones), relative to root."""
+def _interesting(root: Path) -> Dict[str, List[str]]:
+    """The files ray-numa reads (a sample of the per-CPU ones), relative to root, by
+    kind: NUMA nodes, CPUs, PCI devices, the NVIDIA driver, the process."""
     sys_ = root / "sys"
-    picks = [p for p in (sys_ / "devices/system/node").rglob("*") if p.is_file()
-             and p.parent.name.startswith(("node", "access")) or p.name == "online"]
+    node = [p for p in (sys_ / "devices/system/node").rglob("*") if p.is_file()
+            and (p.parent.name.startswith(("node", "access")) or p.name == "online")]
+    cpu = list((sys_ / "devices/system/cpu").glob("online"))
     for c in (0, 1, 2, 5):
-        picks += [p for p in (sys_ / f"devices/system/cpu/cpu{c}").rglob("*") if p.is_file()
-                  and p.parent.name in ("topology", "index0", "index2", "index3")]
-    picks += list((sys_ / "devices/system/cpu").glob("online"))
-    picks += list((sys_ / "bus/pci/devices").glob("*/numa_node"))
-    picks += list((sys_ / "bus/pci/devices").glob("*/local_cpu*"))
-    picks += list((root / "proc/driver/nvidia/gpus").glob("*/numa_status"))
-    return sorted({str(p.relative_to(root)) for p in picks} | {"proc/self/status"})
+        cpu += [p for p in (sys_ / f"devices/system/cpu/cpu{c}").rglob("*") if p.is_file()
+                and p.parent.name in ("topology", "index0", "index2", "index3")]
+    pci = [p for p in (sys_ / "bus/pci/devices").glob("*/*")
+           if p.name in ("numa_node", "local_cpus", "local_cpulist")]
+    driver = list((root / "proc/driver/nvidia/gpus").glob("*/numa_status"))
+    groups = {"node": node, "cpu": cpu, "pci": pci, "driver": driver}
+    out = {k: sorted(str(p.relative_to(root)) for p in v) for k, v in groups.items() if v}
+    out["status"] = ["proc/self/status"]
+    return out
 
 
 class Copies(dict):
@@ -270,6 +274,45 @@ def _mutate(path: Path, how: str, data: bytes) -> None:
                       "huge": b"0-4294967295,99999999999\n"}[how])
 
 
+def _exercise(root: Path) -> None:
+    """Bind to nodes, near "GPUs" (node and exclusive), by socket, and build the show
+    report on the machine at ``root``: each returns, none raises."""
+    topo = topology.machine_topology()
+    results = [bind_current_process(node=n) for n in sorted(topo.nodes)[:2]]
+    results += [bind_current_process(i) for i in range(min(3, len(pci_devices(root))))]
+    results += [bind_current_process(0, options={"cpus": "exclusive"}),
+                bind_current_process(node=min(topo.nodes), options={"cpus": "socket"})]
+    assert all(isinstance(r, Binding) and r.status in ("bound", "skipped") for r in results)
+    assert isinstance(machine_report()["sysfs_problems"], list)
+
+
+@pytest.mark.parametrize("name", MUTATED)
+def test_every_file_of_a_kind_mutated_at_once(name, mutable, tmp_path, use):
+    """Each mutation on all the files of one kind at once (the property test below
+    draws a few files at a time): the worst case of each, deterministically."""
+    root, candidates = mutable[name]
+    fixture = machine(root, tmp_path / "fixture")   # NVML answers from the driver
+    for kind, files in candidates.items():
+        for how in MUTATIONS:
+            saved = {root / rel: (root / rel).read_bytes() if (root / rel).exists()
+                     else None for rel in files}
+            try:
+                for path in saved:
+                    _mutate(path, how, b"\xff\xfe\x00 7-x,\n")
+                use(fixture)
+                _exercise(root)
+            finally:
+                _restore(saved)
+
+
+def _restore(saved: Dict[Path, Optional[bytes]]) -> None:
+    for path, original in saved.items():
+        if original is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(original)
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow])
@@ -278,30 +321,20 @@ def test_mutated_dumps_never_raise(mutable, tmp_path_factory, use, name, nvml, d
     """Mutate a few files ray-numa reads; bind near each "GPU", bind to a node and run
     the show report: each returns (bound or skipped), none raises."""
     root, candidates = mutable[name]
-    changes = data.draw(st.lists(st.tuples(st.sampled_from(candidates),
+    every = sorted(f for files in candidates.values() for f in files)
+    changes = data.draw(st.lists(st.tuples(st.sampled_from(every),
                                            st.sampled_from(MUTATIONS),
                                            st.binary(max_size=24)),
                                  min_size=1, max_size=6))
     saved: Dict[Path, Optional[bytes]] = {}
+    fixture = machine(root, tmp_path_factory.mktemp("fixture"), nvml=nvml)
     try:
         for rel, how, junk in changes:
             path = root / rel
             if path not in saved:
                 saved[path] = path.read_bytes() if path.exists() else None
             _mutate(path, how, junk)
-        use(machine(root, tmp_path_factory.mktemp("fixture"), nvml=nvml))
-        topo = topology.machine_topology()
-        results = [bind_current_process(node=n) for n in sorted(topo.nodes)[:2]]
-        results += [bind_current_process(i) for i in range(min(3, len(pci_devices(root))))]
-        results += [bind_current_process(0, options={"cpus": "exclusive"}),
-                    bind_current_process(node=min(topo.nodes), options={"cpus": "socket"})]
-        assert all(isinstance(r, Binding) and r.status in ("bound", "skipped")
-                   for r in results)
-        report = machine_report()
-        assert isinstance(report["sysfs_problems"], list)
+        use(fixture)
+        _exercise(root)
     finally:
-        for path, original in saved.items():
-            if original is None:
-                path.unlink(missing_ok=True)
-            else:
-                path.write_bytes(original)
+        _restore(saved)
