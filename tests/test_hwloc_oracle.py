@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import pytest
 
@@ -241,22 +241,25 @@ def sockets(dump: Dump) -> List[str]:
     return out
 
 
-def cores(dump: Dump) -> List[str]:
+def per_cpu(dump: Dump, mine: Callable[[Topology, int], FrozenSet[int]],
+            theirs: Callable[[Hwloc, int], FrozenSet[int]]) -> List[str]:
+    """Each online CPU's group (core, L3) as ray-numa and hwloc see it, online CPUs only."""
     topo, _ = ours(dump)
     hw = dump.hwloc
-    return [f"cpu {c}: ours {_show(topo.siblings(c) & topo.online)}, "
-            f"hwloc {_show(hw.cores.get(c, frozenset([c])) & hw.online)}"
-            for c in sorted(topo.online)
-            if topo.siblings(c) & topo.online != hw.cores.get(c, frozenset([c])) & hw.online]
+    out = []
+    for c in sorted(topo.online):
+        a, b = mine(topo, c) & topo.online, theirs(hw, c) & hw.online
+        if a != b:
+            out.append(f"cpu {c}: ours {_show(a)}, hwloc {_show(b)}")
+    return out
+
+
+def cores(dump: Dump) -> List[str]:
+    return per_cpu(dump, Topology.siblings, lambda hw, c: hw.cores.get(c, frozenset([c])))
 
 
 def l3_groups(dump: Dump) -> List[str]:
-    topo, _ = ours(dump)
-    hw = dump.hwloc
-    return [f"cpu {c}: ours {_show(topo.llc(c) & topo.online)}, "
-            f"hwloc {_show(hw.caches.get(c, frozenset()) & hw.online)}"
-            for c in sorted(topo.online)
-            if topo.llc(c) & topo.online != hw.caches.get(c, frozenset()) & hw.online]
+    return per_cpu(dump, Topology.llc, lambda hw, c: hw.caches.get(c, frozenset()))
 
 
 def allowed(dump: Dump) -> List[str]:
