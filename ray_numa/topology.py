@@ -122,7 +122,7 @@ class Topology:
 
 def _read(path: Path, default: str = "") -> str:
     """The file's text (NULs dropped, undecodable bytes replaced), ``default`` if
-    it cannot be read: see :func:`ray_numa.cpusets.read_sysfs`."""
+    it cannot be read: see :func:`ray_numa.sysfs.read_sysfs`."""
     text = read_sysfs(path)
     return default if text is None else text
 
@@ -150,8 +150,7 @@ def _mem_kb(meminfo: str) -> int:
     """``Node N MemTotal: <kB> kB`` (string methods, as :func:`.cpusets.status_field`)."""
     _, found, rest = meminfo.partition("MemTotal:")
     value = rest.split(maxsplit=1)[:1]
-    return int(value[0]) if found and value and value[0].isascii() and value[0].isdigit() \
-        else 0
+    return int(value[0]) if found and value and is_decimal(value[0]) else 0
 
 
 def _read_llc(cpu_dir: Path, problems: List[str]) -> FrozenSet[int]:
