@@ -18,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ray_numa import bind_current_process, binding, cli, gpus, topology
+from ray_numa import (bind_current_process, binding, cli, gpu_table, gpus, prepared,
+                      topology)
 from ray_numa.binding import Binding
 from ray_numa.cpusets import format_cpulist, parse_cpulist
+from ray_numa.options import parse
 from ray_numa.report import machine_report
 from ray_numa.sysfs import read_int, read_sysfs, sysfs_list, sysfs_mask
 from ray_numa.topology import read_topology
@@ -196,8 +198,8 @@ def test_missing_numa_node_is_not_called_minus_one(tmp_path, use, capsys):
 @pytest.mark.parametrize("name", hwloc_corpus.names())
 def test_every_dump_binds_and_shows(name, dumps, tmp_path, use, capsys):
     """Each real machine: bind to its first node with CPUs (bound, inside it), near
-    each PCI device as if it were a GPU (bound or skipped with a reason), and
-    ``ray-numa show --json`` runs."""
+    each PCI device as if it were a GPU (bound or skipped with a reason), the agent
+    plans every GPU, and ``ray-numa show --json`` runs."""
     root = dumps[name]
     use(machine(root, tmp_path / name))
     topo = topology.machine_topology()
@@ -209,6 +211,8 @@ def test_every_dump_binds_and_shows(name, dumps, tmp_path, use, capsys):
         result = bind_current_process(index)
         assert isinstance(result, Binding) and result.status in ("bound", "skipped")
         assert result.status == "skipped" or parse_cpulist(result.cpus) <= topo.online
+    plans = json.loads(prepared.for_agent(parse("auto")))["plans"]   # the agent's part
+    assert len(plans) == len(pci_devices(root))
     assert cli.main(["show", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["gpus"]) == len(pci_devices(root))
@@ -275,8 +279,10 @@ def _mutate(path: Path, how: str, data: bytes) -> None:
 
 
 def _exercise(root: Path) -> None:
-    """Bind to nodes, near "GPUs" (node and exclusive), by socket, and build the show
-    report on the machine at ``root``: each returns, none raises."""
+    """Bind to nodes, near "GPUs" (node and exclusive), by socket, build the show
+    report, and do the runtime-env agent's part (the node's GPU table and the plan
+    for each GPU, as the plugin hands them to workers) on the machine at ``root``:
+    each returns, none raises."""
     topo = topology.machine_topology()
     results = [bind_current_process(node=n) for n in sorted(topo.nodes)[:2]]
     results += [bind_current_process(i) for i in range(min(3, len(pci_devices(root))))]
@@ -284,6 +290,8 @@ def _exercise(root: Path) -> None:
                 bind_current_process(node=min(topo.nodes), options={"cpus": "socket"})]
     assert all(isinstance(r, Binding) and r.status in ("bound", "skipped") for r in results)
     assert isinstance(machine_report()["sysfs_problems"], list)
+    assert json.loads(prepared.for_agent(parse("auto")))["nodes"] == sorted(topo.nodes)
+    assert gpu_table.decode(gpu_table.for_agent()) is not None
 
 
 @pytest.mark.parametrize("name", MUTATED)
