@@ -62,6 +62,9 @@ def format_report(report: Dict[str, Any]) -> str:
     out.append(_table(rows, ["gpu", "bus id", "name", "node", "numa_bind=auto would"])
                if rows else "  none")
     out.append(format_nics(report["nics"]))
+    if report.get("sysfs_problems"):
+        out.append("\nsysfs files ignored (read as hwloc would):")
+        out.extend(f"  {line}" for line in report["sysfs_problems"])
     p = report["process"]
     out.append("\nThis process")
     out.append(_table([[k, UNSET.get(k, "") if v is None else v] for k, v in p.items()],

@@ -9,6 +9,7 @@ import os
 from typing import FrozenSet, Iterable, List, Optional, Tuple
 
 from . import environment
+from .sysfs import read_sysfs
 
 #: What the cgroup cpuset and the affinity allow a process, as read: the
 #: ``Cpus_allowed_list`` and ``Mems_allowed_list`` values of ``/proc/<pid>/status``
@@ -17,7 +18,9 @@ Limits = Tuple[str, str, Optional[Tuple[int, ...]]]
 
 
 def parse_cpulist(text: str) -> FrozenSet[int]:
-    """Parse the kernel's list format (``0-3,8,10-11``) used by sysfs and /proc."""
+    """Parse the kernel's list format (``0-3,8,10-11``), strictly: for what a user
+    typed (``--cpus``), where a mistake deserves an error. Files the kernel wrote go
+    through :func:`ray_numa.sysfs.sysfs_list`, which never raises."""
     out = set()
     for part in text.strip().split(","):
         if not part:
@@ -53,10 +56,7 @@ def process_limits() -> Limits:
     """This process's :data:`Limits` right now (fixture-aware): read them before
     binding, which narrows the affinity."""
     path = environment.proc_status_path()
-    try:
-        status = path.read_text() if path is not None else ""
-    except OSError:
-        status = ""
+    status = (read_sysfs(path) if path is not None else None) or ""
     affinity = None if environment.simulated() else tuple(sorted(os.sched_getaffinity(0)))
     return (status_field(status, "Cpus_allowed_list"),
             status_field(status, "Mems_allowed_list"), affinity)

@@ -12,6 +12,7 @@ from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 from . import environment
 from .cuda_ids import Gpu
+from .sysfs import read_int, read_sysfs
 
 NVIDIA_VENDOR = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers: NVIDIA's GPUs
@@ -100,11 +101,8 @@ def _pci_gpus(sys_root: Path) -> List[Tuple[str, str, str]]:
     """``(bus id, vendor, class)`` of every GPU-like PCI function, in PCI order."""
     found = []
     for dev in sorted((sys_root / "bus/pci/devices").glob("*")):
-        try:
-            vendor = (dev / "vendor").read_text().strip()
-            klass = (dev / "class").read_text().strip()
-        except OSError:
-            continue
+        vendor = (read_sysfs(dev / "vendor") or "").strip()
+        klass = (read_sysfs(dev / "class") or "").strip()
         if klass[:4] in GPU_BASE_CLASSES:
             found.append((dev.name, vendor, klass))
     return found
@@ -137,10 +135,9 @@ def _opens(bus: str, root: Path) -> Optional[str]:
     modes never stop.
     """
     info = root / "proc/driver/nvidia/gpus" / bus / "information"
-    try:
-        text = info.read_text()
-    except OSError as exc:
-        return f"{bus}: the NVIDIA driver does not list it ({info}: {exc.strerror})"
+    text = read_sysfs(info)
+    if text is None:
+        return f"{bus}: the NVIDIA driver does not list it ({info} cannot be read)"
     minor = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                   if line.startswith("Device Minor:")), "")
     if not minor.isdigit():
@@ -242,13 +239,28 @@ def discover_gpus() -> Tuple[Tuple[Gpu, ...], str]:
     return _discover(os.environ.get(environment.FIXTURE_ENV))
 
 
+def pci_numa_node_read(bus_id: str, sys_root: Path) -> Tuple[Optional[int], str]:
+    """sysfs ``numa_node`` of a PCI function, and why there is none: "" when there is
+    one; else whether the file is missing (a kernel without NUMA, a device that is not
+    there), says -1 (the firmware's ACPI tables give the device no proximity) or holds
+    no number. NULs and whitespace are ignored, as hwloc reads it
+    (``hwloc_linuxfs_read_osdev_numa_node`` in hwloc/topology-linux.c)."""
+    path = sys_root / "bus/pci/devices" / bus_id / "numa_node"
+    text = read_sysfs(path)
+    if text is None:
+        return None, f"{bus_id} has no sysfs numa_node"
+    value = read_int(text)
+    if value is None:
+        return None, f"{bus_id}'s sysfs numa_node is not a number ({text.strip()[:20]!r})"
+    if value < 0:
+        return None, f"{bus_id}'s sysfs numa_node is {value} (firmware gave none)"
+    return value, ""
+
+
 def pci_numa_node(bus_id: str, sys_root: Path) -> Optional[int]:
-    """sysfs ``numa_node`` of a PCI function; None for -1 (firmware gave none)."""
-    try:
-        value = int((sys_root / "bus/pci/devices" / bus_id / "numa_node").read_text())
-    except (OSError, ValueError):
-        return None
-    return value if value >= 0 else None
+    """sysfs ``numa_node`` of a PCI function; None when it has none
+    (:func:`pci_numa_node_read` says why)."""
+    return pci_numa_node_read(bus_id, sys_root)[0]
 
 
 def gpu_numa_node(gpu: Gpu, sys_root: Path,

@@ -10,7 +10,7 @@ from typing import Any, Dict, Sequence
 from . import environment
 from .apply import probe_mempolicy
 from .cuda_ids import Gpu
-from .gpus import discover_gpus, gpu_numa_node
+from .gpus import discover_gpus, gpu_numa_node, pci_numa_node_read
 from .nics import pci_place, read_nics
 from .planning import plan_for
 from .options import BindOptions
@@ -59,9 +59,15 @@ def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
         plan = ({"cpus": format_cpulist(decision.cpus), "memory": decision.memory,
                  "mem_nodes": format_cpulist(decision.mem_nodes), "reason": decision.reason}
                 if isinstance(decision, Plan) else {"skip": decision.message()})
+        node = gpu_numa_node(gpu, sys_root, topo.nodes)
         report["gpus"].append({"index": gpu.index, "bus_id": gpu.bus_id, "uuid": gpu.uuid,
-                               "name": gpu.name, "numa_node": gpu_numa_node(gpu, sys_root, topo.nodes),
+                               "name": gpu.name, "numa_node": node,
                                "mig": list(gpu.mig_uuids), "plan": plan})
+        if node is None:    # say why: no file, -1 or garbage are different fixes
+            report["gpus"][-1]["numa_node_unknown"] = pci_numa_node_read(gpu.bus_id,
+                                                                         sys_root)[1]
+    # last: planning reads per-CPU files, which may add to what sysfs did not answer
+    report["sysfs_problems"] = list(topo.problems)
     return report
 
 

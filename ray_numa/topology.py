@@ -16,6 +16,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opt
 
 from . import environment
 from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits
+from .sysfs import is_decimal, not_read, numbered, read_cpus, read_int, read_sysfs, sysfs_list
 
 
 class NumaNode(namedtuple("NumaNode", "id cpus mem_kb distances")):
@@ -36,13 +37,17 @@ class Topology:
     and policy code stays free of file handling. A reader with a cache rather than a
     value, so a plain class: no generated methods to build at import.
     """
-    __slots__ = ("nodes", "online", "cpu_root", "_memo")
+    __slots__ = ("nodes", "online", "cpu_root", "problems", "_memo")
 
     def __init__(self, nodes: Mapping[int, NumaNode], online: FrozenSet[int],
-                 cpu_root: Optional[Path] = None) -> None:
+                 cpu_root: Optional[Path] = None, problems: Iterable[str] = ()) -> None:
         self.nodes = nodes
         self.online = online
         self.cpu_root = cpu_root
+        #: What sysfs did not answer sensibly (a file and why), for ``ray-numa show``:
+        #: the reader falls back as hwloc does and says so here, never raises.
+        #: Per-CPU reads add to it when they happen.
+        self.problems: List[str] = list(problems)
         self._memo: Dict[Tuple[str, int], Any] = {}
 
     def __repr__(self) -> str:
@@ -62,13 +67,16 @@ class Topology:
         best = min(self.distance(node, c) for c in candidates)
         return tuple(sorted(c for c in candidates if self.distance(node, c) == best))
 
-    def _cpu_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> Any:
+    def _cpu_fact(self, kind: str, cpu: int,
+                  read: Callable[[Path, List[str]], Any]) -> Any:
         key = (kind, cpu)
         if key not in self._memo:
-            self._memo[key] = read(self.cpu_root / f"cpu{cpu}") if self.cpu_root else None
+            self._memo[key] = (read(self.cpu_root / f"cpu{cpu}", self.problems)
+                               if self.cpu_root else None)
         return self._memo[key]
 
-    def _shared_fact(self, kind: str, cpu: int, read: Callable[[Path], Any]) -> FrozenSet[int]:
+    def _shared_fact(self, kind: str, cpu: int,
+                     read: Callable[[Path, List[str]], Any]) -> FrozenSet[int]:
         """A set of CPUs sharing something with ``cpu`` (a core, a cache): the kernel
         lists the same set for each member, so one read answers for all of them.
         Empty when sysfs does not say."""
@@ -79,20 +87,19 @@ class Topology:
 
     def package(self, cpu: int) -> Optional[int]:
         """The CPU's socket (``physical_package_id``); None when unknown: the file is
-        missing or says -1, as POWER7 firmware does (hwloc's ``256ppc-8n8s4t`` dump)."""
-        value = self._cpu_fact("package", cpu, lambda d: _read(
-            d / "topology/physical_package_id").strip("\0\n "))
-        return int(value) if value.isdecimal() else None
+        missing or says -1, as POWER7 firmware does (hwloc's ``256ppc-8n8s4t`` dump),
+        or is not a number (hwloc's "unknown" for an id it cannot read)."""
+        return self._cpu_fact("package", cpu, _read_package)
 
     def siblings(self, cpu: int) -> FrozenSet[int]:
-        """The hardware threads of the CPU's physical core.
+        """The hardware threads of the CPU's physical core; the CPU alone when sysfs
+        does not say.
 
         From ``thread_siblings_list`` (``core_cpus_list`` on kernels that dropped
-        it), never from ``core_id``, which is only unique per die on some CPUs.
+        it), or their hex maps where the list is missing, never from ``core_id``,
+        which is only unique per die on some CPUs.
         """
-        return self._shared_fact("siblings", cpu, lambda d: parse_cpulist(
-            _read(d / "topology/thread_siblings_list")
-            or _read(d / "topology/core_cpus_list"))) or frozenset([cpu])
+        return self._shared_fact("siblings", cpu, _read_siblings) or frozenset([cpu])
 
     def llc(self, cpu: int) -> FrozenSet[int]:
         """CPUs sharing the CPU's highest-level Data or Unified cache (its L3 group).
@@ -145,17 +152,14 @@ class Topology:
     def _pci_cpus(self, bus_id: str) -> FrozenSet[int]:
         """CPUs local to a PCI function: ``local_cpulist``, its hex twin
         ``local_cpus``, else the CPUs of its ``numa_node``."""
-        listed = (self.pci_attr(bus_id, "local_cpulist") or "").strip("\0\n ")
+        device = (self.cpu_root.parents[3] / "sys/bus/pci/devices" / bus_id
+                  if self.cpu_root else None)
+        listed = (read_cpus(self.problems, device, "local_cpulist", "local_cpus")
+                  if device is not None else None)
         if listed:
-            return parse_cpulist(listed)
-        mask = (self.pci_attr(bus_id, "local_cpus") or "").strip("\0\n ").replace(",", "")
-        try:
-            bits = int(mask, 16)
-        except ValueError:
-            node = (self.pci_attr(bus_id, "numa_node") or "").strip("\0\n ")
-            return self.nodes[int(node)].cpus if node.isdecimal() and int(node) in self.nodes \
-                else frozenset()
-        return frozenset(i for i in range(bits.bit_length()) if bits >> i & 1)
+            return listed
+        node = read_int(self.pci_attr(bus_id, "numa_node"))
+        return self.nodes[node].cpus if node in self.nodes else frozenset()
 
     def _fact(self, kind: str, key: int, read: Callable[[], Any]) -> Any:
         """``read()``'s answer about a node, read once."""
@@ -172,10 +176,9 @@ class Topology:
             return None
 
     def _text(self, relative: str) -> Optional[str]:
-        try:
-            return (self.cpu_root.parents[3] / relative).read_text() if self.cpu_root else None
-        except OSError:
-            return None
+        """A file under the filesystem root read, as :func:`~ray_numa.sysfs.read_sysfs`
+        reads it (NULs dropped, bad bytes replaced); None where it cannot be read."""
+        return read_sysfs(self.cpu_root.parents[3] / relative) if self.cpu_root else None
 
     def packages_of(self, node_ids: Iterable[int]) -> FrozenSet[Optional[int]]:
         """Sockets of the nodes: one CPU per node says which (a node is on one socket)."""
@@ -188,62 +191,141 @@ class Topology:
 
 
 def _read(path: Path, default: str = "") -> str:
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError):   # a binary or garbled attribute: unread
-        return default
+    """The file's text (NULs dropped, undecodable bytes replaced), ``default`` if
+    it cannot be read: see :func:`ray_numa.sysfs.read_sysfs`."""
+    text = read_sysfs(path)
+    return default if text is None else text
+
+
+def _read_package(cpu_dir: Path, problems: List[str]) -> Optional[int]:
+    path = cpu_dir / "topology/physical_package_id"
+    text = read_sysfs(path)
+    value = read_int(text)
+    if value is None and text is not None and text.strip():
+        not_read(problems, path, text, "a package id")
+    return value if value is not None and value >= 0 else None
+
+
+def _cpu_id(cpu_dir: Path) -> int:
+    return int(cpu_dir.name[len("cpu"):])
+
+
+def _read_siblings(cpu_dir: Path, problems: List[str]) -> Optional[FrozenSet[int]]:
+    return read_cpus(problems, cpu_dir / "topology", "thread_siblings_list",
+                     "thread_siblings", "core_cpus_list", "core_cpus",
+                     member=_cpu_id(cpu_dir))
 
 
 def _mem_kb(meminfo: str) -> int:
     """``Node N MemTotal: <kB> kB`` (string methods, as :func:`.cpusets.status_field`)."""
     _, found, rest = meminfo.partition("MemTotal:")
     value = rest.split(maxsplit=1)[:1]
-    return int(value[0]) if found and value and value[0].isdigit() else 0
+    return int(value[0]) if found and value and is_decimal(value[0]) else 0
 
 
-def _read_llc(cpu_dir: Path) -> FrozenSet[int]:
+def _read_llc(cpu_dir: Path, problems: List[str]) -> FrozenSet[int]:
     """Like torch's ``_get_logical_cpus_sharing_same_max_level_cache_as``: only
-    ``indexN`` entries, only Data/Unified caches, the highest level wins."""
+    ``indexN`` entries, only Data/Unified caches, the highest level wins.
+
+    As hwloc reads caches (topology-linux.c, ``look_sysfscpu``): a cache without a
+    ``type`` is Unified, one without a readable ``level`` is skipped, and an empty
+    shared map (ia64's L3) means the core's threads. Empty (unknown) when there is no
+    cache information or the highest cache's CPUs cannot be read.
+    """
     try:
-        entries = os.listdir(cpu_dir / "cache")
+        entries = sorted(os.listdir(cpu_dir / "cache"))
     except OSError:
         return frozenset()
-    best_level, shared = -1, frozenset()
+    caches = []
     for entry in entries:
         if not (entry.startswith("index") and entry[5:].isdecimal()):
             continue
         index = cpu_dir / "cache" / entry
-        if _read(index / "type").strip() not in ("Data", "Unified"):
-            continue
-        level = int(_read(index / "level", "0").strip() or 0)
-        if level > best_level:
-            best_level, shared = level, parse_cpulist(_read(index / "shared_cpu_list"))
-    return shared
+        kind = _read(index / "type", "Unified").strip()
+        level = read_int(read_sysfs(index / "level"))
+        if kind in ("Data", "Unified") and level is not None:
+            caches.append((level, index))
+    if not caches:
+        return frozenset()
+    index = max(caches, key=lambda c: c[0])[1]
+    shared = read_cpus(problems, index, "shared_cpu_list", "shared_cpu_map",
+                       member=_cpu_id(cpu_dir))
+    return (shared or _read_siblings(cpu_dir, problems)) if shared is not None \
+        else frozenset()
+
+
+def _online_cpus(cpu_root: Path, problems: List[str]) -> FrozenSet[int]:
+    """``cpu/online``; where it is missing or garbage, as hwloc (``look_sysfscpu``):
+    every ``cpuN`` directory whose own ``online`` file does not say 0."""
+    text = read_sysfs(cpu_root / "online")
+    online = sysfs_list(text)
+    if online:
+        return online
+    if text is not None:
+        not_read(problems, cpu_root / "online", text, "a CPU list")
+    found = set()
+    for name in numbered(cpu_root, "cpu"):
+        flag = read_int(read_sysfs(cpu_root / f"cpu{name}/online"))
+        if flag != 0:
+            found.add(name)
+    return frozenset(found)
+
+
+def _node_ids(node_root: Path, problems: List[str]) -> List[int]:
+    """``node/online``; where it is missing or garbage, every ``nodeN`` directory
+    (hwloc does the same: offline nodes have no directory)."""
+    text = read_sysfs(node_root / "online")
+    ids = sysfs_list(text)
+    if ids:
+        return sorted(ids)
+    if text is not None:
+        not_read(problems, node_root / "online", text, "a node list")
+    return numbered(node_root, "node")
+
+
+def _distances(path: Path, node_ids: List[int], problems: List[str]) -> Dict[int, int]:
+    """A node's SLIT row, one number per node in ``node_ids``; {} (the default
+    distances) when the row is missing or does not fit."""
+    text = read_sysfs(path)
+    if text is None:
+        return {}
+    values = text.split()
+    if len(values) != len(node_ids) or not all(is_decimal(v) for v in values):
+        not_read(problems, path, text, f"{len(node_ids)} distances")
+        return {}
+    return dict(zip(node_ids, map(int, values)))
 
 
 def read_topology(sys_root: Path) -> Topology:
     """Read NUMA nodes under ``sys_root`` (a ``/sys``-shaped directory).
 
     A kernel without NUMA support has no ``devices/system/node``: that is one node
-    holding every online CPU, which is what the kernel itself assumes.
+    holding every online CPU, which is what the kernel itself assumes. A node whose
+    CPUs cannot be read is left out, as hwloc leaves it out; every such fallback is
+    in :attr:`Topology.problems`.
     """
+    problems: List[str] = []
     cpu_root = sys_root / "devices/system/cpu"
-    online = parse_cpulist(_read(cpu_root / "online", "0"))
+    online = _online_cpus(cpu_root, problems)
     node_root = sys_root / "devices/system/node"
     nodes: Dict[int, NumaNode] = {}
-    node_ids = sorted(parse_cpulist(_read(node_root / "online")))
+    node_ids = _node_ids(node_root, problems)
     for nid in node_ids:
         ndir = node_root / f"node{nid}"
-        dist = [int(d) for d in _read(ndir / "distance").split()]
+        cpus = read_cpus(problems, ndir, "cpulist", "cpumap")
+        if cpus is None:
+            problems.append(f"{ndir}: no readable cpulist or cpumap; node {nid} left out")
+            continue
         nodes[nid] = NumaNode(
             id=nid,
-            cpus=parse_cpulist(_read(ndir / "cpulist")) & online,
+            cpus=cpus & online,
             mem_kb=_mem_kb(_read(ndir / "meminfo")),
-            distances=dict(zip(node_ids, dist)),
+            distances=_distances(ndir / "distance", node_ids, problems),
         )
     if not nodes:
         nodes[0] = NumaNode(id=0, cpus=frozenset(online), mem_kb=1, distances={0: 10})
-    return Topology(nodes=nodes, online=frozenset(online), cpu_root=cpu_root)
+    return Topology(nodes=nodes, online=frozenset(online), cpu_root=cpu_root,
+                    problems=problems)
 
 
 @functools.lru_cache(maxsize=4)
@@ -267,8 +349,8 @@ def allowed_from(limits: Limits, topology: Topology) -> Allowed:
     """Allowed CPUs/mems from :data:`~ray_numa.cpusets.Limits`: the status lists (all
     of the topology where absent), the CPUs narrowed by the affinity if given."""
     cpus_text, mems_text, affinity = limits
-    cpus = parse_cpulist(cpus_text) or topology.online
-    mems = parse_cpulist(mems_text) or frozenset(topology.nodes)
+    cpus = sysfs_list(cpus_text) or topology.online
+    mems = sysfs_list(mems_text) or frozenset(topology.nodes)
     if affinity is not None:
         cpus = cpus & frozenset(affinity)
     return Allowed(cpus=frozenset(cpus), mems=frozenset(mems))

@@ -1,0 +1,126 @@
+"""Reading what the kernel wrote in sysfs and /proc, the way hwloc does.
+
+hwloc's ``hwloc/topology-linux.c`` reads a messy real ``/sys`` defensively: any file
+may be missing, empty, NUL-terminated (``"0-7\\n\\0"`` on some 5.x kernels),
+hex-only (old kernels have ``cpumap`` but no ``cpulist``) or garbage. These readers
+never raise: a file that does not hold what it should gives None, and the caller
+falls back and records why (``problems``). Stdlib only, no ray_numa imports: both
+:mod:`ray_numa.cpusets` (a worker's limits) and :mod:`ray_numa.topology` use them.
+"""
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+from typing import FrozenSet, List, Optional
+
+#: Above any CPU or node id a kernel has (NR_CPUS is at most 8192, x86's MAXSMP): a
+#: larger one in a sysfs file is garbage, and a range up to it would fill memory.
+MAX_ID = 1 << 16
+
+
+def read_sysfs(path: Path) -> Optional[str]:
+    """A sysfs or /proc file's text, None if it cannot be read.
+
+    As hwloc's ``hwloc_read_path_*`` do (hwloc/topology-linux.c), anything the file
+    holds is text: bytes that are not UTF-8 are replaced rather than raising, and the
+    NULs some kernels leave after the newline (``"0-7\\n\\0"``) are dropped.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data.decode("utf-8", errors="replace").replace("\0", "")
+
+
+def sysfs_list(text: Optional[str]) -> Optional[FrozenSet[int]]:
+    """A kernel list (``0-3,8``) as a sysfs or /proc file holds it; None when the
+    text is missing or not one (garbage, a range backwards or past :data:`MAX_ID`).
+
+    hwloc's ``hwloc__read_path_as_cpulist`` reads the numbers it can and ignores
+    the rest; here a file that is not a list is not trusted at all, so the caller
+    can fall back (to the hex map, to the directory) and say why.
+    """
+    if text is None:
+        return None
+    out = set()
+    for part in text.replace("\0", "").strip().split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not part.strip() and not sep:
+            continue
+        if not is_decimal(lo) or (sep and not is_decimal(hi)):
+            return None
+        first, last = int(lo), int(hi or lo)
+        if last < first or last > MAX_ID:
+            return None
+        out.update(range(first, last + 1))
+    return frozenset(out)
+
+
+def sysfs_mask(text: Optional[str]) -> Optional[FrozenSet[int]]:
+    """A kernel cpumask (``00000000,0000ffff``: 32-bit hex words, most significant
+    first), the form of ``cpumap``, ``shared_cpu_map``, ``thread_siblings`` and PCI
+    ``local_cpus``; None when missing or not one. hwloc reads these maps rather
+    than the lists (``hwloc__read_path_as_cpumask``); old kernels have only them."""
+    if text is None:
+        return None
+    words = text.replace("\0", "").strip().split(",")
+    if words == [""]:
+        return frozenset()
+    if len(words) > MAX_ID // 32 or not all(
+            0 < len(w) <= 8 and all(c in string.hexdigits for c in w) for w in words):
+        return None
+    bits = int("".join(w.rjust(8, "0") for w in words), 16)
+    return frozenset(i for i in range(bits.bit_length()) if bits >> i & 1)
+
+
+def is_decimal(text: str) -> bool:
+    """Only ASCII digits (``str.isdigit`` also accepts "²", which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def read_int(text: Optional[str]) -> Optional[int]:
+    """A number file (``level``, ``physical_package_id``: ``"3\\n"``, ``"-1"``)."""
+    body = (text or "").strip()
+    digits = body[1:] if body[:1] == "-" else body
+    return int(body) if is_decimal(digits) else None
+
+
+def not_read(problems: List[str], path: Path, text: str, what: str) -> None:
+    problems.append(f"{path}: not {what} ({text.strip()[:40]!r}); ignored")
+
+
+def read_cpus(problems: List[str], directory: Path, *names: str,
+              member: Optional[int] = None) -> Optional[FrozenSet[int]]:
+    """The first of the files ``names`` in ``directory`` that holds a CPU set (with
+    CPU ``member`` in it, if given: cpuN's siblings or cache leave out cpuN only when
+    the file is wrong): a ``...list`` file in the list format, any other a hex map.
+    None if none does.
+
+    A list file with a hex twin (``cpulist``/``cpumap``, ``shared_cpu_list``/
+    ``shared_cpu_map``, ``thread_siblings_list``/``thread_siblings``) falls back to
+    it: older kernels have only the maps, which are what hwloc reads
+    (``hwloc__read_path_as_cpumask`` in hwloc/topology-linux.c).
+    """
+    for name in names:
+        path = directory / name
+        text = read_sysfs(path)
+        if text is None:
+            continue
+        as_list = name.endswith("list")
+        found = sysfs_list(text) if as_list else sysfs_mask(text)
+        if found is not None and (member is None or member in found or not found):
+            return found
+        not_read(problems, path, text, ("a CPU list" if as_list else "a CPU map")
+                 + ("" if member is None else f" with cpu{member} in it"))
+    return None
+
+
+def numbered(directory: Path, prefix: str) -> List[int]:
+    """N of each ``<prefix>N`` entry of ``directory``."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    found = (n[len(prefix):] for n in names if n.startswith(prefix))
+    return sorted(int(n) for n in found if is_decimal(n) and int(n) <= MAX_ID)
