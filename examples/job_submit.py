@@ -72,15 +72,15 @@ temp = tempfile.mkdtemp(prefix="rn-job-")
 ray_bin = str(Path(sys.executable).with_name("ray"))
 head = subprocess.Popen(
     [ray_bin, "start", "--head", "--block", "--disable-usage-stats",
-     "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4",
+     "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=16",
      f"--num-gpus={gpus}", f"--temp-dir={temp}",
      *(f"{flag}={port}" for flag, port in zip(PORT_FLAGS, ports))],
-    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env=env, stdout=subprocess.DEVNULL, stderr=open(Path(temp) / "head.err", "w"))
 address = f"http://127.0.0.1:{ports[1]}"
 try:
     for _ in range(180):          # the dashboard's job API answers once the head is up
         ready = subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, timeout=60)
         if ready.returncode == 0 or head.poll() is not None:
             break
         time.sleep(1)
