@@ -16,31 +16,17 @@ import os
 
 import pytest
 
-from conftest import ray_cluster
 from tests.inspect_proc import inspect
 from tests.procs import child_report
-from tests.test_follow import TORCHLIB, with_torch
+from tests.test_follow import with_torch
+# the same cluster: 8 fake GPUs seen as a DGX H100, the torch stand-in, job-level "auto"
+from tests.test_ray_vllm_follow import ray  # noqa: F401
 
 
 def ray_sets_empty_visible_devices() -> bool:
     """Ray before 2.56 hides every GPU from a ``num_gpus=0`` worker."""
     import ray
     return tuple(int(p) for p in ray.__version__.split(".")[:2]) < (2, 56)
-
-
-@pytest.fixture(scope="module")
-def ray(machine_tree):
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TORCHLIB, saved) if p)
-    try:
-        with ray_cluster(fixture_root=machine_tree("dgx-h100"), num_gpus=8,
-                         job_runtime_env={"numa_bind": "auto"}) as ray:
-            yield ray
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 def select_device(how: str):
