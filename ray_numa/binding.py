@@ -167,7 +167,10 @@ class Binder:
         # The key is set only once this assignment's outcome is recorded: a strict
         # failure must fail the next task with the same GPUs too (Ray keeps the worker).
         self._gpu_key = None
-        self._options, self._followed, self._pooled = options, (), pooled
+        # "auto" follows a device only for a worker that holds GPUs: a CPU-only task
+        # (from Ray 2.56 it sees every GPU) selecting one has nothing to be near
+        self._options = options if gpus or not options.auto else None
+        self._followed, self._pooled = (), pooled
         self._plan = decision if isinstance(decision, Plan) else None
         self._unsettled = pooled
         if isinstance(decision, Skip):

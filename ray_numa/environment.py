@@ -43,20 +43,52 @@ BOOT_ERROR_ENV = "RAY_NUMA_BOOT_ERROR"
 
 _TRUE = {"1", "true", "yes", "on"}
 
-#: The Ray releases ray-numa is tested with: pyproject's range, the two ends CI runs
-#: (``.ci/run``), the README's "Supported Ray versions".
-SUPPORTED_RAY = "2.48 to 2.60"
+#: The Ray releases ray-numa is tested with, the two ends CI runs (``.ci/run``: the
+#: oldest in its second pass, the newest on the package index in the main one). The
+#: oldest is pyproject's lower bound; there is no upper bound, so a newer Ray is kept
+#: and told it is untested (:func:`untested_ray`) rather than downgraded.
+OLDEST_RAY = (2, 48)
+NEWEST_TESTED_RAY = (2, 60)
+SUPPORTED_RAY = (f"{OLDEST_RAY[0]}.{OLDEST_RAY[1]} to "
+                 f"{NEWEST_TESTED_RAY[0]}.{NEWEST_TESTED_RAY[1]}")
+
+
+def ray_version() -> str:
+    try:
+        from ray._version import version
+    except Exception:
+        return "(unknown version)"
+    return str(version)
 
 
 def ray_hook_missing(hook: str, effect: str) -> str:
     """The message for a private Ray hook this Ray lacks: which hook, which Ray,
-    what the user loses, and which Ray versions ray-numa supports."""
+    what the user loses, and which Ray versions ray-numa is tested with."""
+    return (f"Ray {ray_version()} has no {hook}, which ray-numa uses {effect}; "
+            f"ray-numa is tested with Ray {SUPPORTED_RAY}")
+
+
+def untested_ray(version: str) -> Optional[str]:
+    """The note for a Ray newer than :data:`NEWEST_TESTED_RAY` (e.g. ``2.61.0``,
+    ``3.0.0.dev0``), None for a tested one or a version that does not parse."""
+    parts = version.split(".")
     try:
-        from ray._version import version
-    except Exception:
-        version = "(unknown version)"
-    return (f"Ray {version} has no {hook}, which ray-numa uses {effect}; "
-            f"ray-numa supports Ray {SUPPORTED_RAY}")
+        major_minor = (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        return None
+    if major_minor <= NEWEST_TESTED_RAY:
+        return None
+    return (f"Ray {version} is newer than the Ray releases ray-numa is tested with "
+            f"({SUPPORTED_RAY}); it binds wherever Ray's hooks still exist and names "
+            f"any that is missing")
+
+
+def warn_if_untested_ray() -> None:
+    """Once per process, on the driver (``register``), ``ray-numa env`` and the
+    runtime-env agent: never in the worker, whose start is a hot path."""
+    note = untested_ray(ray_version())
+    if note is not None:
+        warn_once(note)
 
 
 def disabled(environ: Optional[Mapping[str, str]] = None) -> bool:

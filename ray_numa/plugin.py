@@ -49,6 +49,7 @@ class NumaBindPlugin(RuntimeEnvPlugin):
     priority = PRIORITY
 
     def __init__(self) -> None:
+        environment.warn_if_untested_ray()      # once per node, in the agent's log
         self._prefixes: Dict[str, List[str]] = {}
         #: this node's encoded GPU table for "auto" workers, resolved by the first create
         self._gpu_table: Optional["asyncio.Future[str]"] = None
@@ -148,6 +149,7 @@ def _node_plans(options: BindOptions, logger: logging.Logger) -> str:
 
 def plugin_env() -> Dict[str, str]:
     """Environment that enables the plugin for ``ray start`` / ``ray.init``."""
+    environment.warn_if_untested_ray()          # `ray-numa env` and register()
     return {
         "RAY_RUNTIME_ENV_PLUGINS": json.dumps(
             [{"class": f"{__name__}.NumaBindPlugin", "priority": PRIORITY}]),

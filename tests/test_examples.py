@@ -1,4 +1,5 @@
 """Every example runs on this GPU-less machine and says what it bound."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,26 @@ def test_torchrun_example_ranks_follow_remapped_devices():
 def test_serve_example_replicas_bind():
     out = run("serve_deployment.py", "--fixture", "dgx-h100")
     assert out.count("bound - GPU") == 2
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("token", [False, True], ids=["no token", "~/.ray/auth_token"])
+def test_job_submit_example_works_with_or_without_a_token(tmp_path, token):
+    """Ray 2.60's `ray start` turns token authentication on when RAY_AUTH_MODE is unset
+    and ~/.ray/auth_token exists; `ray job submit` then needs RAY_AUTH_MODE=token (else
+    "Unauthorized: Missing authentication token"). The example works either way; on
+    Ray 2.48, which has no token authentication, it is off in both cases."""
+    import ray._raylet
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    if token:
+        (home / ".ray" / "auth_token").write_text("0123456789abcdef0123456789abcdef")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    proc = subprocess.run([sys.executable, "job_submit.py", "--fixture", "dgx-h100"],
+                          cwd=EXAMPLES, capture_output=True, text=True, timeout=600,
+                          env=dict(env, HOME=str(home)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    has_token_auth = hasattr(ray._raylet, "AuthenticationTokenLoader")   # Ray 2.5x+
+    assert f"token authentication: {'on' if token and has_token_auth else 'off'}" in proc.stdout
+    assert proc.stdout.count(": bound - CPUs 0-55,112-167") == 4, proc.stdout
+    assert proc.stdout.count(": bound - CPUs 56-111,168-223") == 4, proc.stdout
