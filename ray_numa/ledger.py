@@ -4,10 +4,9 @@ What ray-numa decided lives in the worker's memory; the audit runs in another
 process (a probe task on the same node, in the same Ray session). So every worker
 that the plugin started writes its :class:`~ray_numa.binding.Binding` to
 ``<dir>/<pid>.json`` whenever it changes (see :func:`ledger_dir` for where:
-``$XDG_RUNTIME_DIR/ray-numa-bindings/<session>``, else
-``~/.cache/ray-numa-bindings/<session>``). Pids are
-reused, so each record carries the process start time (``/proc/<pid>/stat`` field 22)
-and a record whose start time no longer matches belongs to a dead process and is
+``$XDG_RUNTIME_DIR/ray-numa-bindings/<session>@<host>``, else
+``~/.cache/ray-numa-bindings/<session>@<host>``). Pids are reused, so each record
+carries the process start time (``/proc/<pid>/stat`` field 22) and a record whose start time no longer matches belongs to a dead process and is
 ignored (and pruned). Only processes that the plugin started (``RAY_NUMA_SPEC`` set)
 publish; publishing never fails a worker.
 
@@ -25,6 +24,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import stat
 import sys
 import tempfile
@@ -86,17 +86,18 @@ def _private_base() -> Optional[Path]:
 
 
 def ledger_dir() -> Path:
-    """Where this node's workers publish: ``<base>/<Ray session name>``, the base
+    """Where this node's workers publish: ``<base>/<Ray session name>@<host>``, the base
     (:func:`_private_base`) one only this user can write, so nobody else can create,
     swap or fill it. Not Ray's session directory: Ray makes ``/tmp/ray`` and each
     ``session_*`` directory mode 0777 without the sticky bit, where another user
-    could take the name first (``<base>/local`` outside a Ray worker). Only where no
-    such base exists (no home directory of one's own) the temp directory's
-    ``ray-numa-bindings-<uid>``: there the owner and mode checks of
+    could take the name first (``<base>/local@<host>`` outside a Ray worker). The host
+    name keeps nodes that share a home directory apart: pids are per node, and each
+    node's prune would delete the others' records. Only where no such base exists
+    (no home directory of one's own) the temp directory's ``ray-numa-bindings-<uid>``: there the owner and mode checks of
     :func:`_open_dir` refuse a directory someone else made (publishing stops)."""
     base = _private_base()
-    if base is not None:
-        return base / (_session_name() or "local")
+    if base is not None:   # a home directory may be shared by every node (NFS)
+        return base / f"{_session_name() or 'local'}@{socket.gethostname()}"
     return Path(tempfile.gettempdir()) / f"{DIR_NAME}-{os.getuid()}"
 
 

@@ -1,5 +1,6 @@
 """``ray-numa audit`` on this machine's real kernel (its own cluster: no fixture)."""
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def test_audit_reads_what_the_kernel_applied():
         session = Path(ray._private.worker.global_worker.node.get_session_dir_path()).name
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         base = Path(runtime if runtime else Path.home() / ".cache", "ray-numa-bindings")
-        folder = base / session
+        folder = base / f"{session}@{socket.gethostname()}"   # homes may be shared
         assert (folder / f"{truth['pid']}.json").is_file()
         assert not (Path(ray._private.worker.global_worker.node.get_session_dir_path())
                     / "ray-numa-bindings").exists()

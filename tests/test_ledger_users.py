@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -240,7 +241,8 @@ def test_another_user_cannot_squat_the_ledger_in_rays_shared_session_directory(
         ledger.publish(Binding(status="bound", reason="mine", cpus="0"))
         assert ledger.read(os.getpid())["reason"] == "mine"
         folder = ledger.ledger_dir()
-        assert folder == home / ".cache/ray-numa-bindings" / session.name
+        host = socket.gethostname()        # a home directory may be shared by nodes
+        assert folder == home / ".cache/ray-numa-bindings" / f"{session.name}@{host}"
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
         assert not any((session / "ray-numa-bindings").iterdir())
