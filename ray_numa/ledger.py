@@ -6,8 +6,8 @@ that the plugin started writes its :class:`~ray_numa.binding.Binding` to
 ``<dir>/<pid>.json`` whenever it changes (see :func:`ledger_dir` for where:
 ``$XDG_RUNTIME_DIR/ray-numa-bindings/<session>@<host>``, else
 ``~/.cache/ray-numa-bindings/<session>@<host>``). Pids are reused, so each record
-carries the process start time (``/proc/<pid>/stat`` field 22) and a record whose start time no longer matches belongs to a dead process and is
-ignored (and pruned). Only processes that the plugin started (``RAY_NUMA_SPEC`` set)
+carries the process start time (``/proc/<pid>/stat`` field 22) and a record whose
+start time no longer matches belongs to a dead process and is ignored (and pruned). Only processes that the plugin started (``RAY_NUMA_SPEC`` set)
 publish; publishing never fails a worker.
 
 Nobody else may write there: a directory another user can write lets them plant
@@ -93,8 +93,9 @@ def ledger_dir() -> Path:
     could take the name first (``<base>/local@<host>`` outside a Ray worker). The host
     name keeps nodes that share a home directory apart: pids are per node, and each
     node's prune would delete the others' records. Only where no such base exists
-    (no home directory of one's own) the temp directory's ``ray-numa-bindings-<uid>``: there the owner and mode checks of
-    :func:`_open_dir` refuse a directory someone else made (publishing stops)."""
+    (no home directory of one's own) the temp directory's ``ray-numa-bindings-<uid>``:
+    there the owner and mode checks of :func:`_open_dir` refuse a directory someone
+    else made (publishing stops)."""
     base = _private_base()
     if base is not None:   # a home directory may be shared by every node (NFS)
         return base / f"{_session_name() or 'local'}@{socket.gethostname()}"
