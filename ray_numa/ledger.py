@@ -7,8 +7,9 @@ that the plugin started writes its :class:`~ray_numa.binding.Binding` to
 ``$XDG_RUNTIME_DIR/ray-numa-bindings/<session>@<host>``, else
 ``~/.cache/ray-numa-bindings/<session>@<host>``). Pids are reused, so each record
 carries the process start time (``/proc/<pid>/stat`` field 22) and a record whose
-start time no longer matches belongs to a dead process and is ignored (and pruned). Only processes that the plugin started (``RAY_NUMA_SPEC`` set)
-publish; publishing never fails a worker.
+start time no longer matches belongs to a dead process and is ignored (and pruned).
+Only processes that the plugin started (``RAY_NUMA_SPEC`` set) publish; publishing
+never fails a worker.
 
 Nobody else may write there: a directory another user can write lets them plant
 ``.<pid>.tmp`` symlinks (the worker would overwrite a file of its own user through
