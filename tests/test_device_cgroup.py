@@ -181,52 +181,37 @@ def _dgx_whose_nvml(tmp_path, monkeypatch, change):
 ALL8 = ["0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0", *OWN]
 
 
-def test_a_failed_query_for_one_gpu_drops_nvmls_answer_not_that_gpu(tmp_path, monkeypatch):
-    """NVML opens GPU 3 but cannot name it (NVML_ERROR_UNKNOWN): CUDA still counts it,
-    so leaving it out would make CUDA id 3 the GPU at 9a:00.0, on the other node."""
-    def fail(devices):
-        devices[3]["attribute_error"] = {"nvmlDeviceGetName": "UNKNOWN"}
-    _dgx_whose_nvml(tmp_path, monkeypatch, fail)
+def _set(indices, **fields):
+    def change(devices):
+        for index in indices:
+            devices[index].update(fields)
+    return change
+
+
+@pytest.mark.parametrize("change, why", [
+    # NVML opens GPU 3 but cannot name it: CUDA still counts it, so leaving it out
+    # would make CUDA id 3 the GPU at 9a:00.0, on the other node
+    (_set([3], attribute_error={"nvmlDeviceGetName": "UNKNOWN"}),
+     "NVML device 3: Unknown Error"),
+    # an old driver without nvmlDeviceGetPciInfo_v3
+    (_set(range(8), attribute_error={"nvmlDeviceGetPciInfo": "FUNCTION_NOT_FOUND"}),
+     "NVML device 0: Function Not Found"),
+    # only NO_PERMISSION means "this process may not open it" (nvml.h): a lost GPU's
+    # handle says nothing about what CUDA counts
+    (_set([0], handle_error="GPU_IS_LOST"), "NVML device 0: GPU is lost"),
+    (_set(range(8), handle_error="NO_PERMISSION"), "NVML refused all 8 GPUs"),
+], ids=["name-unknown", "old-driver", "gpu-lost", "all-refused"])
+def test_an_nvml_answer_that_cannot_be_trusted_gives_way_to_sysfs(tmp_path, monkeypatch,
+                                                                  change, why):
+    _dgx_whose_nvml(tmp_path, monkeypatch, change)
     found, source = gpus.discover_gpus()
     assert [g.bus_id for g in found] == ALL8
-    assert source.startswith("sysfs (NVML unavailable: NVML device 3: Unknown Error)")
-
-
-def test_an_old_driver_without_pci_info_falls_back_to_sysfs(tmp_path, monkeypatch):
-    def fail(devices):
-        for device in devices:
-            device["attribute_error"] = {"nvmlDeviceGetPciInfo": "FUNCTION_NOT_FOUND"}
-    _dgx_whose_nvml(tmp_path, monkeypatch, fail)
-    found, source = gpus.discover_gpus()
-    assert [g.bus_id for g in found] == ALL8 and source.startswith("sysfs (NVML unavailable")
-
-
-def test_nvml_refusing_every_gpu_falls_back_to_sysfs(tmp_path, monkeypatch):
-    def refuse(devices):
-        for device in devices:
-            device["handle_error"] = "NO_PERMISSION"
-    _dgx_whose_nvml(tmp_path, monkeypatch, refuse)
-    found, source = gpus.discover_gpus()
-    assert [g.bus_id for g in found] == ALL8
-    assert source.startswith("sysfs (NVML unavailable: NVML refused all 8 GPUs)")
-
-
-def test_a_lost_gpu_is_not_taken_for_one_this_process_cannot_open(tmp_path, monkeypatch):
-    """Only NO_PERMISSION means "this process may not open it" (nvml.h); a lost GPU's
-    handle says nothing about what CUDA counts."""
-    def lose(devices):
-        devices[0]["handle_error"] = "GPU_IS_LOST"
-    _dgx_whose_nvml(tmp_path, monkeypatch, lose)
-    found, source = gpus.discover_gpus()
-    assert [g.bus_id for g in found] == ALL8
-    assert source.startswith("sysfs (NVML unavailable: NVML device 0: GPU is lost)")
+    assert source.startswith(f"sysfs (NVML unavailable: {why})")
 
 
 def test_a_mig_uuid_nvml_cannot_give_is_optional(tmp_path, monkeypatch):
-    def fail(devices):
-        devices[0]["mig_devices"] = ["MIG-aaaa"]
-        devices[0]["attribute_error"] = {"nvmlDeviceGetMigDeviceHandleByIndex": "UNKNOWN"}
-    _dgx_whose_nvml(tmp_path, monkeypatch, fail)
+    _dgx_whose_nvml(tmp_path, monkeypatch, _set([0], mig_devices=["MIG-aaaa"], attribute_error={
+        "nvmlDeviceGetMigDeviceHandleByIndex": "UNKNOWN"}))
     found, source = gpus.discover_gpus()
     assert [g.bus_id for g in found] == ALL8 and source == "nvml"
     assert found[0].mig_uuids == ()
