@@ -148,17 +148,24 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
     if refused and memory != plan.memory:
         notes.append(SYS_NICE_FIX + f"; memory policy is '{memory}' instead of "
                      f"'{plan.memory}'")
-    migrated = False
-    if migrate and memory in ("bind", "preferred", "local"):
-        others = sorted(set(all_nodes) - set(nodes))
-        if others:
-            try:
-                backend.migrate(others, nodes if memory == "bind" else _home(plan))
-                migrated = True
-            except OSError as exc:
-                notes.append(f"pages touched before binding stay where they are: {exc}")
-    return Applied(memory=memory, threads=threads, notes=tuple(notes), migrated=migrated,
-                   mem_nodes=nodes)
+    migrated, more = (migrate_touched(plan, backend, memory, nodes, all_nodes) if migrate
+                      else (False, ()))
+    return Applied(memory=memory, threads=threads, notes=tuple(notes) + more,
+                   migrated=migrated, mem_nodes=nodes)
+
+
+def migrate_touched(plan: Plan, backend: Any, memory: str, nodes: Sequence[int],
+                    all_nodes: Iterable[int]) -> Tuple[bool, Tuple[str, ...]]:
+    """Move the pages touched before the bind to where ``memory`` over ``nodes`` (as
+    it took effect) puts new ones; (whether they moved, why not)."""
+    others = sorted(set(all_nodes) - set(nodes))
+    if memory not in ("bind", "preferred", "local") or not others:
+        return False, ()
+    try:
+        backend.migrate(others, nodes if memory == "bind" else _home(plan))
+    except OSError as exc:
+        return False, (f"pages touched before binding stay where they are: {exc}",)
+    return True, ()
 
 
 def probe_mempolicy(node: int) -> Optional[OSError]:

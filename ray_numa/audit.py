@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import environment, ledger
 from .cpusets import format_cpulist, parse_cpulist
@@ -47,7 +47,11 @@ def memory_policies(numa_maps: str) -> Dict[str, int]:
     for line in numa_maps.splitlines():
         fields = line.split()
         if len(fields) > 1:
-            out[fields[1]] += sum(parse_numa_maps(line).values())
+            # mpol_to_str's two-word modes: "prefer (many):0-1", "weighted interleave:0-1"
+            two = len(fields) > 2 and fields[1] in ("prefer", "weighted") and \
+                fields[2].startswith(("(many)", "interleave"))
+            out[" ".join(fields[1:3]) if two else fields[1]] += \
+                sum(parse_numa_maps(line).values())
     return dict(out)
 
 
@@ -102,10 +106,22 @@ def gpu_nodes(binding: Dict[str, Any], device_order: Optional[str]) -> Tuple[int
     return tuple(sorted(nodes))
 
 
-#: How ``numa_maps`` spells each memory policy ray-numa records (mpol_to_str in the
-#: kernel's mm/mempolicy.c: "prefer" and "prefer (many)" for preferred).
-KERNEL_POLICY = {"bind": "bind", "interleave": "interleave", "preferred": "prefer",
-                 "local": "local"}
+def kernel_spellings(memory: str, nodes: Sequence[int]) -> Tuple[str, ...]:
+    """How ``numa_maps`` prints the policy ``memory`` over ``nodes`` as ray-numa sets
+    it (no mode flags), per ``mpol_to_str`` in the kernel's mm/mempolicy.c: the mode
+    (``policy_modes[]``: "bind", "interleave", "prefer", "prefer (many)", "local"),
+    then ``:%*pbl``, the node list, for every mode but local. A preferred policy over
+    one node is MPOL_PREFERRED, over several MPOL_PREFERRED_MANY (apply._attempts);
+    () for a policy the audit does not check ("none")."""
+    listed = format_cpulist(nodes)
+    if memory == "local":
+        return ("local",)
+    if memory in ("bind", "interleave"):
+        return (f"{memory}:{listed}",)
+    if memory == "preferred":
+        return (f"prefer:{listed}", f"prefer (many):{listed}") if len(nodes) == 1 \
+            else (f"prefer (many):{listed}",)
+    return ()
 
 
 def contradiction(binding: Dict[str, Any], facts: Dict[str, Any]) -> str:
@@ -125,9 +141,9 @@ def contradiction(binding: Dict[str, Any], facts: Dict[str, Any]) -> str:
     actual = format_cpulist(parse_cpulist(facts["cpus_allowed"]))
     if binding["cpus"] != actual:
         return f"the kernel has it on CPUs {actual}, not {binding['cpus']}"
-    spelled = KERNEL_POLICY.get(binding["memory"])
-    if spelled and not any(p.startswith(spelled) for p in facts["mempolicies"]):
-        return (f"no mapping in its numa_maps has memory policy '{binding['memory']}' "
+    spelled = kernel_spellings(binding["memory"], binding.get("mem_nodes") or ())
+    if spelled and not set(spelled) & set(facts["mempolicies"]):
+        return (f"no mapping in its numa_maps has memory policy {spelled[0]} "
                 f"({', '.join(facts['mempolicies']) or 'none'})")
     return ""
 

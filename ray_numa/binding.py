@@ -15,7 +15,8 @@ from collections import namedtuple
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 from . import environment, ledger
-from .apply import BindError, RecordingBackend, SyscallBackend, apply_plan, reset
+from .apply import (BindError, RecordingBackend, SyscallBackend, apply_plan, migrate_touched,
+                    reset)
 from .cpusets import format_cpulist, parse_cpulist, process_limits
 from .planning import plan_for
 from .policy import Plan, Skip
@@ -109,6 +110,7 @@ class Binder:
         self._pooled = False                          # of the last bind, for follow()
         self._plan: Optional[Plan] = None             # of the last bind, for settle()
         self._unsettled = False     # bound as pooled, not yet said: settle() says it
+        self._migrate_late = False  # pages left for settle() to move, once
         self._nic_set: Dict[str, str] = {}            # variables nic_env wrote, owned
 
     @functools.cached_property
@@ -208,6 +210,7 @@ class Binder:
         the weaker policy (BindError). OSError: the kernel refused the affinity."""
         plan, options, before = self._plan, self._options, self.binding
         unsaid, self._unsettled = self._unsettled, False
+        late, self._migrate_late = self._migrate_late, False
         if plan is None or options is None or before.status != "bound" or not self._pooled:
             return before
         if pooled:
@@ -220,10 +223,18 @@ class Binder:
             if for_pooled_worker(plan) != plan:   # a stronger policy was asked for
                 return self._apply(plan, options, before.gpus, before.gpu_rule,
                                    before.history)
+        if late:                               # the pooled policy stands: move pages now
+            _, notes = migrate_touched(plan, self.backend, before.memory,
+                                           before.mem_nodes, self._all_nodes())
+            for note in notes:
+                environment.warn_once(note)
+            before = self._record(before._replace(notes=before.notes + notes))
         if unsaid:
             _say(before, logging.INFO)
         return before
-        return self._apply(plan, options, before.gpus, before.gpu_rule, before.history)
+
+    def _all_nodes(self) -> Tuple[int, ...]:
+        return self._node_ids if self._node_ids is not None else tuple(self.topology.nodes)
 
     def _apply(self, plan: Plan, options: BindOptions, gpus: Tuple[str, ...],
                gpu_rule: str, history: Tuple[Dict[str, Any], ...] = ()) -> Binding:
@@ -232,8 +243,11 @@ class Binder:
         OSError: the kernel refused the CPU affinity (nothing recorded)."""
         if self._pooled:
             plan = for_pooled_worker(plan)
-        nodes = self._node_ids if self._node_ids is not None else tuple(self.topology.nodes)
-        applied = apply_plan(plan, self.backend, options.migrate, nodes)
+        # Bound as pooled before Ray says max_calls: settle() may apply a stronger
+        # policy, so pages move once, there, not twice.
+        self._migrate_late = options.migrate and self._unsettled
+        applied = apply_plan(plan, self.backend, options.migrate and not self._unsettled,
+                             self._all_nodes())
         binding = self._bound(plan, applied.memory, self.backend.name, gpus,
                               plan.notes + applied.notes, applied.mem_nodes, gpu_rule,
                               history)

@@ -10,13 +10,17 @@ works against it works against a driver. Only what ray-numa calls is provided.
                   "bus_id": "00000000:18:00.0", "compute_capability": [9, 0],
                   "numa_node": 2,            # omit: NOT_SUPPORTED, as on x86 boards
                   "mig_devices": ["MIG-…"],
-                  "handle_error": "NO_PERMISSION"}],   # optional, see below
+                  "handle_error": "NO_PERMISSION",     # optional, see below
+                  "attribute_error": {"nvmlDeviceGetName": "UNKNOWN"}}],   # optional
      "init_error": "LIBRARY_NOT_FOUND"}     # optional: nvmlInit fails so
 
 ``handle_error`` names the ``NVML_ERROR_*`` code with which the device's handle is
 refused: NVML counts every GPU of the machine, but a process whose device cgroup
 denies one (Slurm ``ConstrainDevices``) gets ``NVML_ERROR_NO_PERMISSION`` for it,
-raised by pynvml as ``NVMLError_NoPermission``. ``init_error`` is what ``nvmlInit``
+raised by pynvml as ``NVMLError_NoPermission``. ``attribute_error`` maps a query on
+an opened handle to the code it fails with for that device (``GPU_IS_LOST``,
+``UNKNOWN``; ``FUNCTION_NOT_FOUND`` for ``nvmlDeviceGetPciInfo`` on an old driver).
+``init_error`` is what ``nvmlInit``
 raises, e.g. ``LIBRARY_NOT_FOUND`` where no NVIDIA driver is installed.
 
 With ``RAY_NUMA_FAKE_NVML_LOG=<file>`` every ``nvmlInit`` appends its pid to the
@@ -56,10 +60,19 @@ def _usable(handle: _Handle) -> _Handle:
     return handle
 
 
+def _query(handle: _Handle, name: str) -> Dict[str, Any]:
+    """The device's spec, unless the fixture says query ``name`` fails for it."""
+    code = handle.spec.get("attribute_error", {}).get(name)
+    if code:
+        raise NVMLError(_code(code))
+    return handle.spec
+
+
 class FakeNvml:
     """Module-like object: ``nvml.nvmlDeviceGetCount()`` etc."""
 
     NVMLError = pynvml.NVMLError
+    NVMLError_NoPermission = pynvml.NVMLError_NoPermission
 
     def __init__(self, path: Path):
         self._path = Path(path)
@@ -107,21 +120,26 @@ class FakeNvml:
         raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
+        _query(handle, "nvmlDeviceGetUUID")
         return handle.mig_uuid or handle.spec["uuid"]
 
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
+        _query(handle, "nvmlDeviceGetName")
         return handle.spec.get("name", "NVIDIA GPU")
 
     def nvmlDeviceGetPciInfo(self, handle: _Handle) -> "pynvml.nvmlPciInfo_t":
+        _query(handle, "nvmlDeviceGetPciInfo")
         info = pynvml.nvmlPciInfo_t()
         info.busId = handle.spec["bus_id"].encode()
         return info
 
     def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle):
+        _query(handle, "nvmlDeviceGetCudaComputeCapability")
         major, minor = handle.spec.get("compute_capability", [9, 0])
         return major, minor
 
     def nvmlDeviceGetNumaNodeId(self, handle: _Handle) -> int:
+        _query(handle, "nvmlDeviceGetNumaNodeId")
         if "numa_node" not in handle.spec:
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return handle.spec["numa_node"]
@@ -135,9 +153,11 @@ class FakeNvml:
         return handle.parent
 
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:
+        _query(handle, "nvmlDeviceGetMaxMigDeviceCount")
         return 7 if handle.spec.get("mig_devices") else 0
 
     def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, index: int) -> _Handle:
+        _query(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
         migs = handle.spec.get("mig_devices", [])
         if not 0 <= index < len(migs):
             raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)

@@ -1,7 +1,8 @@
 """This machine's GPUs, as the CUDA driver would enumerate them, and their NUMA nodes.
 
-What a CUDA device id means once the list is known lives one step down the line, in
-:mod:`ray_numa.cuda_ids` (its names are imported here for the callers of this module).
+What a CUDA device id means once the list is known lives in :mod:`ray_numa.cuda_ids`,
+which this module builds on (its :class:`~ray_numa.cuda_ids.Gpu`); callers import
+those names from there, not from here.
 """
 from __future__ import annotations
 
@@ -47,14 +48,18 @@ def _nvml_call(nvml: Any, name: str, *args: Any) -> Any:
         return None
 
 
-def _nvml_gpu(nvml: Any, index: int) -> Gpu:
-    """NVML device ``index``; raises NVMLError where NVML refuses that device."""
-    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+class NvmlUnusable(Exception):
+    """NVML answered, but not well enough to trust its list of GPUs."""
+
+
+def _nvml_gpu(nvml: Any, handle: Any, index: int) -> Gpu:
+    """NVML device ``index`` from its handle; raises NVMLError where a query fails."""
     migs = []
     for m in range(_nvml_call(nvml, "nvmlDeviceGetMaxMigDeviceCount", handle) or 0):
         mig = _nvml_call(nvml, "nvmlDeviceGetMigDeviceHandleByIndex", handle, m)
-        if mig is not None:
-            migs.append(nvml.nvmlDeviceGetUUID(mig))
+        uuid = None if mig is None else _nvml_call(nvml, "nvmlDeviceGetUUID", mig)
+        if uuid is not None:
+            migs.append(uuid)
     numa = _nvml_call(nvml, "nvmlDeviceGetNumaNodeId", handle)
     return Gpu(
         index=index,
@@ -70,14 +75,22 @@ def _nvml_gpu(nvml: Any, index: int) -> Gpu:
 
 def nvml_gpus(nvml: Any) -> Tuple[List[Gpu], List[str]]:
     """The GPUs NVML opens, in PCI bus order, and why each other device was left
-    out; raises NVMLError without a usable driver.
+    out; raises NVMLError without a usable driver, :class:`NvmlUnusable` where
+    its answer cannot be trusted.
 
     NVML counts every GPU of the machine, but under a device cgroup (Slurm
     ``ConstrainDevices``, a container) it answers ``NVML_ERROR_NO_PERMISSION`` for
     the handles of the GPUs this process may not open (NVIDIA/nvidia-docker#393:
-    "nvml: Insufficient Permissions" in a cgroup that denies 2 of 4 GPUs), and the
-    CUDA driver enumerates only the devices it can open. So an error for one device
-    leaves out that device, as CUDA does, and the rest of NVML's answer stands.
+    "nvml: Insufficient Permissions" in a cgroup that denies 2 of 4 GPUs; nvml.h
+    documents that code for ``nvmlDeviceGetHandleByIndex`` as "the user doesn't
+    have permission to talk to this device"), and the CUDA driver enumerates only
+    the devices it can open. So that refusal, raised by pynvml as
+    ``NVMLError_NoPermission``, leaves out that device, as CUDA does. Any other
+    error (``GPU_IS_LOST``, ``UNKNOWN``, ``FUNCTION_NOT_FOUND`` for
+    ``nvmlDeviceGetPciInfo`` on an old driver, from the handle or any later query)
+    says nothing about whether CUDA counts the device: skipping it would shift every
+    later GPU's index, so the whole answer is dropped (and sysfs, which checks each
+    device file, answers instead). So is an answer that refused every device.
 
     NVML's own index is not guaranteed to follow the bus (it does on most boards), and
     ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` means bus order, so the list is sorted by bus id
@@ -86,11 +99,21 @@ def nvml_gpus(nvml: Any) -> Tuple[List[Gpu], List[str]]:
     nvml.nvmlInit()
     try:
         gpus, left_out = [], []
-        for index in range(nvml.nvmlDeviceGetCount()):
+        count = nvml.nvmlDeviceGetCount()
+        for index in range(count):
             try:
-                gpus.append(_nvml_gpu(nvml, index))
-            except nvml.NVMLError as exc:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            except nvml.NVMLError_NoPermission as exc:
                 left_out.append(f"NVML device {index}: {exc}")
+                continue
+            except nvml.NVMLError as exc:
+                raise NvmlUnusable(f"NVML device {index}: {exc}") from exc
+            try:
+                gpus.append(_nvml_gpu(nvml, handle, index))
+            except nvml.NVMLError as exc:
+                raise NvmlUnusable(f"NVML device {index}: {exc}") from exc
+        if count and not gpus:
+            raise NvmlUnusable(f"NVML refused all {count} GPUs")
         ordered = sorted(gpus, key=lambda g: g.bus_id)
         return [g._replace(index=i) for i, g in enumerate(ordered)], left_out
     finally:
@@ -222,7 +245,7 @@ def _discover(fixture: Optional[str]) -> Tuple[Tuple[Gpu, ...], str]:
     try:
         gpus, left_out = nvml_gpus(nvml)
         source = "nvml"
-    except nvml.NVMLError as exc:
+    except (nvml.NVMLError, NvmlUnusable) as exc:
         gpus, left_out = sysfs_gpus(environment.sys_root(), driver_root())
         source = f"sysfs (NVML unavailable: {exc})"
     if left_out:

@@ -3,11 +3,13 @@
 What ray-numa decided lives in the worker's memory; the audit runs in another
 process (a probe task on the same node, in the same Ray session). So every worker
 that the plugin started writes its :class:`~ray_numa.binding.Binding` to
-``<dir>/<pid>.json`` whenever it changes (see :func:`ledger_dir` for where). Pids are
-reused, so each record carries the process start time (``/proc/<pid>/stat`` field 22)
-and a record whose start time no longer matches belongs to a dead process and is
-ignored (and pruned). Only processes that the plugin started (``RAY_NUMA_SPEC`` set)
-publish; publishing never fails a worker.
+``<dir>/<pid>.json`` whenever it changes (see :func:`ledger_dir` for where:
+``$XDG_RUNTIME_DIR/ray-numa-bindings/<session>@<host>``, else
+``~/.cache/ray-numa-bindings/<session>@<host>``). Pids are reused, so each record
+carries the process start time (``/proc/<pid>/stat`` field 22) and a record whose
+start time no longer matches belongs to a dead process and is ignored (and pruned).
+Only processes that the plugin started (``RAY_NUMA_SPEC`` set) publish; publishing
+never fails a worker.
 
 Nobody else may write there: a directory another user can write lets them plant
 ``.<pid>.tmp`` symlinks (the worker would overwrite a file of its own user through
@@ -23,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import stat
 import sys
 import tempfile
@@ -48,32 +51,56 @@ class RecordError(ValueError):
     """A record that is not one ray-numa wrote: malformed, or not a plain file."""
 
 
-def _session_dir() -> Optional[str]:
-    """This Ray worker's session directory, or None outside a Ray worker.
+def _session_name() -> Optional[str]:
+    """This Ray worker's session (``session_<date>_<pid>``), or None outside a worker.
 
-    The raylet starts every worker with ``--temp-dir=`` and ``--session-name=``
-    (``ray/_private/services.py``, the worker command; Ray 2.48 to 2.60) and the
-    session directory is the one joined with the other (``ray/_private/node.py``).
-    Both the worker and the audit's probe (a worker of the same session on the same
-    node) read them from their own argv, from the interpreter's start on.
+    The raylet starts every worker with ``--session-name=`` (``ray/_private/services.py``,
+    the worker command; Ray 2.48 to 2.60). Both the worker and the audit's probe (a
+    worker of the same session on the same node) read it from their own argv, from
+    the interpreter's start on.
     """
     args = dict(a.split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-    temp, name = args.get("--temp-dir"), args.get("--session-name")
-    if temp and name and os.path.isabs(temp) and os.sep not in name and name not in (".", ".."):
-        return os.path.join(temp, name)
+    name = args.get("--session-name")
+    return name if name and os.sep not in name and name not in (".", "..") else None
+
+
+def _users_alone(path: str) -> bool:
+    """Whether ``path`` is a directory of this user's that nobody else can write to."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and \
+        not info.st_mode & 0o022
+
+
+def _private_base() -> Optional[Path]:
+    """``ray-numa-bindings`` in a directory only this user can write:
+    ``$XDG_RUNTIME_DIR`` (the user's own, 0700, per the XDG Base Directory spec), else
+    ``~/.cache``; None if neither anchor (the runtime or home directory) is this
+    user's alone."""
+    runtime, home = os.environ.get("XDG_RUNTIME_DIR", ""), os.path.expanduser("~")
+    for anchor, base in ((runtime, DIR_NAME), (home, f".cache/{DIR_NAME}")):
+        if os.path.isabs(anchor) and _users_alone(anchor):
+            return Path(anchor) / base
     return None
 
 
 def ledger_dir() -> Path:
-    """Where this node's workers publish: in a Ray worker, ``ray-numa-bindings`` in
-    Ray's session directory (its user's, one per session); elsewhere (tests, tools)
-    ``ray-numa-bindings-<uid>`` in ``$XDG_RUNTIME_DIR``, else in the temp directory."""
-    session = _session_dir()
-    if session:
-        return Path(session) / DIR_NAME
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    base = runtime if os.path.isabs(runtime) else tempfile.gettempdir()
-    return Path(base) / f"{DIR_NAME}-{os.getuid()}"
+    """Where this node's workers publish: ``<base>/<Ray session name>@<host>``, the base
+    (:func:`_private_base`) one only this user can write, so nobody else can create,
+    swap or fill it. Not Ray's session directory: Ray makes ``/tmp/ray`` and each
+    ``session_*`` directory mode 0777 without the sticky bit, where another user
+    could take the name first (``<base>/local@<host>`` outside a Ray worker). The host
+    name keeps nodes that share a home directory apart: pids are per node, and each
+    node's prune would delete the others' records. Only where no such base exists
+    (no home directory of one's own) the temp directory's ``ray-numa-bindings-<uid>``:
+    there the owner and mode checks of :func:`_open_dir` refuse a directory someone
+    else made (publishing stops)."""
+    base = _private_base()
+    if base is not None:   # a home directory may be shared by every node (NFS)
+        return base / f"{_session_name() or 'local'}@{socket.gethostname()}"
+    return Path(tempfile.gettempdir()) / f"{DIR_NAME}-{os.getuid()}"
 
 
 def _open_dir(create: bool) -> int:
@@ -81,10 +108,12 @@ def _open_dir(create: bool) -> int:
     user can use; PermissionError (naming it and what is wrong) if not."""
     path = ledger_dir()
     if create:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
+        os.makedirs(path.parent.parent, exist_ok=True)   # ~/.cache may not exist yet
+        for folder in (path.parent, path):
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                pass
     # O_NOFOLLOW: a symlink in its place fails (ELOOP/ENOTDIR) instead of being followed
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     info = os.fstat(fd)

@@ -176,3 +176,32 @@ def test_a_published_binding_dies_with_its_process():
         ledger.publish(binding.Binding(status="bound", reason="x"))
         print(os.getpid())''', env={"RAY_NUMA_SPEC": ""})
     assert not (ledger.ledger_dir() / f"{quiet.stdout.split()[-1]}.json").exists()
+
+
+@pytest.mark.parametrize("memory, mem_nodes, kernel, believed", [
+    ("bind", [1], "bind:1", True),
+    ("bind", [1], "bind:0", False),                 # the kind matches, the node does not
+    ("bind", [0, 1], "bind:0", False),
+    ("interleave", [0, 1], "interleave:0-1", True),
+    ("interleave", [0, 1], "interleave:0", False),
+    ("preferred", [1], "prefer:1", True),
+    ("preferred", [1], "prefer:0", False),
+    ("preferred", [0, 1], "prefer (many):0-1", True),
+    ("preferred", [0, 1], "prefer (many):1", False),
+    ("local", [1], "local", True),
+    ("local", [1], "bind:1", False),
+])
+def test_the_audit_believes_a_policy_only_over_the_recorded_nodes(memory, mem_nodes, kernel,
+                                                                 believed):
+    """numa_maps spells a policy as mpol_to_str (mm/mempolicy.c) prints it, the mode
+    then ``:`` and the node list; "prefer (many)" has a space, so is two fields."""
+    from ray_numa.audit import contradiction
+    text = (f"7f0000000000 {kernel} anon=512 dirty=512 N0=512 kernelpagesize_kB=4\n"
+            "7f1000000000 default file=/usr/bin/python3 mapped=3 N0=3 kernelpagesize_kB=4\n")
+    policies = memory_policies(text)
+    assert kernel in policies
+    record = {"status": "bound", "backend": "syscall", "cpus": "0", "memory": memory,
+              "mem_nodes": mem_nodes}
+    facts = {"cpus_allowed": "0", "mempolicies": sorted(policies)}
+    said = contradiction(record, facts)
+    assert (said == "") == believed, said

@@ -1,4 +1,6 @@
 """``ray-numa audit`` on this machine's real kernel (its own cluster: no fixture)."""
+import os
+import socket
 import stat
 from pathlib import Path
 
@@ -26,11 +28,18 @@ def test_audit_reads_what_the_kernel_applied():
         truth = ray.get(pinned.inspect.remote(), timeout=300)
         report = run_audit()
         row = rows_by_pid(report)[truth["pid"]]
-        # the record is in Ray's session directory (its user's), in a 0700 directory
-        folder = Path(ray._private.worker.global_worker.node.get_session_dir_path(),
-                      "ray-numa-bindings")
+        # the record is under a base only this user can write ($XDG_RUNTIME_DIR, else
+        # ~/.cache), keyed by Ray's session name, in 0700 directories
+        session = Path(ray._private.worker.global_worker.node.get_session_dir_path()).name
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        base = Path(runtime if runtime else Path.home() / ".cache", "ray-numa-bindings")
+        folder = base / f"{session}@{socket.gethostname()}"   # homes may be shared
         assert (folder / f"{truth['pid']}.json").is_file()
-        assert stat.S_IMODE(folder.lstat().st_mode) == 0o700
+        assert not (Path(ray._private.worker.global_worker.node.get_session_dir_path())
+                    / "ray-numa-bindings").exists()
+        for path in (base, folder):
+            assert stat.S_IMODE(path.lstat().st_mode) == 0o700 and \
+                path.lstat().st_uid == os.getuid()
     assert truth["binding"]["status"] == "bound" and truth["cpus_allowed"] == "1"
     assert row["binding"]["status"] == "bound" and row["binding"]["cpus"] == "1"
     assert row["actual"]["cpus_allowed"] == "1" and row["actual"]["mempolicy"] == "bind:0"

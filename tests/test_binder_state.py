@@ -81,3 +81,16 @@ def test_a_task_worker_says_one_line_with_the_policy_it_ended_with(machine_tree)
     assert ", memory bind node(s) 0 (CPUs 0-55,112-167, memory bind 0, via record)" in lines[0]
     assert ", memory local node(s) 1 (CPUs 56-111,168-223, memory local 1, via record)" \
         in lines[1]
+
+
+@pytest.mark.parametrize("pooled, memory", [(False, "bind"), (True, "local")])
+def test_pages_move_once_when_ray_says_max_calls(binder, pooled, memory):
+    """A task worker is bound as pooled until Ray says its max_calls (settle): the
+    pages touched before move once, at settle, to the policy the task ends with
+    (max_calls=1, Ray's default for GPU tasks: the policy asked for)."""
+    first = binder.bind(parse("auto"), ["4"], gpu_rule="assigned", pooled=True)
+    assert [c[0] for c in first.calls] == ["sched_setaffinity", "set_mempolicy"]
+    settled = binder.settle(pooled=pooled, why="test")
+    moves = [c for c in settled.calls if c[0] == "migrate_pages"]
+    assert moves == [("migrate_pages", "0", "1")] and settled.memory == memory
+    assert settled.calls[-1] == moves[0]            # after the policy it ended with

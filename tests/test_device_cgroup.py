@@ -164,3 +164,54 @@ def test_the_driver_is_never_bound_and_says_so(slurm_job):
     assert b.status == "unbound" and "not enabled" not in b.reason
     assert "this is the Ray driver" in b.reason and "never the driver" in b.reason
     assert "bind_current_process" in b.reason
+
+
+def _dgx_whose_nvml(tmp_path, monkeypatch, change):
+    """The DGX H100 with ``change(devices)`` applied to its fake NVML's answer."""
+    from tests.fixtures.build import build
+    root = build("dgx-h100", tmp_path / "dgx")
+    spec = json.loads((root / "nvml.json").read_text())
+    change(spec["devices"])
+    (root / "nvml.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(root))
+    gpus._discover.cache_clear()
+    return root
+
+
+ALL8 = ["0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0", *OWN]
+
+
+def _set(indices, **fields):
+    def change(devices):
+        for index in indices:
+            devices[index].update(fields)
+    return change
+
+
+@pytest.mark.parametrize("change, why", [
+    # NVML opens GPU 3 but cannot name it: CUDA still counts it, so leaving it out
+    # would make CUDA id 3 the GPU at 9a:00.0, on the other node
+    (_set([3], attribute_error={"nvmlDeviceGetName": "UNKNOWN"}),
+     "NVML device 3: Unknown Error"),
+    # an old driver without nvmlDeviceGetPciInfo_v3
+    (_set(range(8), attribute_error={"nvmlDeviceGetPciInfo": "FUNCTION_NOT_FOUND"}),
+     "NVML device 0: Function Not Found"),
+    # only NO_PERMISSION means "this process may not open it" (nvml.h): a lost GPU's
+    # handle says nothing about what CUDA counts
+    (_set([0], handle_error="GPU_IS_LOST"), "NVML device 0: GPU is lost"),
+    (_set(range(8), handle_error="NO_PERMISSION"), "NVML refused all 8 GPUs"),
+], ids=["name-unknown", "old-driver", "gpu-lost", "all-refused"])
+def test_an_nvml_answer_that_cannot_be_trusted_gives_way_to_sysfs(tmp_path, monkeypatch,
+                                                                  change, why):
+    _dgx_whose_nvml(tmp_path, monkeypatch, change)
+    found, source = gpus.discover_gpus()
+    assert [g.bus_id for g in found] == ALL8
+    assert source.startswith(f"sysfs (NVML unavailable: {why})")
+
+
+def test_a_mig_uuid_nvml_cannot_give_is_optional(tmp_path, monkeypatch):
+    _dgx_whose_nvml(tmp_path, monkeypatch, _set([0], mig_devices=["MIG-aaaa"], attribute_error={
+        "nvmlDeviceGetMigDeviceHandleByIndex": "UNKNOWN"}))
+    found, source = gpus.discover_gpus()
+    assert [g.bus_id for g in found] == ALL8 and source == "nvml"
+    assert found[0].mig_uuids == ()

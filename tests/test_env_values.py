@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,11 +45,60 @@ def test_log_levels_are_names_or_numbers(value, level):
     assert environment.log_level(value) == level
 
 
+#: The level names of ``logging`` (its ``_nameToLevel``), any case, spaces around.
+LEVELS = {"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARN": 30, "WARNING": 30,
+          "INFO": 20, "DEBUG": 10, "NOTSET": 0}
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @given(TEXT)
-@settings(max_examples=500, deadline=None, database=None)
-def test_any_log_level_value_configures_a_logger(value):
-    level = environment.log_level(value)
-    logging.getLogger("ray_numa.test").setLevel(logging.INFO if level is None else level)
+@example("BASIC_FORMAT")
+@example(" debug ")
+@example("10")
+@example("")
+@settings(max_examples=300, deadline=None, database=None)
+def test_any_log_level_value_configures_the_logger(value):
+    """environment.logger() itself, as a worker first calls it: a level name or a
+    number sets that level; anything else sets INFO and warns once; it never raises."""
+    log = logging.getLogger("ray_numa")
+    saved = (log.level, list(log.handlers), log.propagate,
+             getattr(log, "_ray_numa_configured", False), set(environment._warned),
+             os.environ.get(environment.LOG_LEVEL_ENV))
+    records = _Records()
+    try:
+        os.environ[environment.LOG_LEVEL_ENV] = value
+        if hasattr(log, "_ray_numa_configured"):
+            del log._ray_numa_configured
+        environment._warned.clear()
+        log.handlers = [records]
+        for _ in range(2):
+            assert environment.logger() is log
+        text = value.strip()
+        try:
+            expected = int(text)
+        except ValueError:
+            expected = LEVELS.get(text.upper()) if value else logging.INFO
+        warnings = [r for r in records.records if r.levelno == logging.WARNING
+                    and environment.LOG_LEVEL_ENV in r.getMessage()]
+        assert log.level == (logging.INFO if expected is None else expected)
+        assert len(warnings) == (expected is None)
+    finally:
+        log.level, log.handlers, log.propagate = saved[0], saved[1], saved[2]
+        log._ray_numa_configured = saved[3]
+        environment._warned.clear()
+        environment._warned.update(saved[4])
+        if saved[5] is None:
+            os.environ.pop(environment.LOG_LEVEL_ENV, None)
+        else:
+            os.environ[environment.LOG_LEVEL_ENV] = saved[5]
 
 
 @pytest.mark.parametrize("value, shown", [("BASIC_FORMAT", "INFO"), ("10", "DEBUG"),
@@ -76,8 +126,13 @@ def test_the_worker_logger_takes_names_and_numbers_and_warns_once_otherwise(valu
 def fresh_worker(on_machine, monkeypatch):
     """A fixture machine (bindings recorded, never applied to pytest), and ray_numa's
     worker state put back after each example; Ray's assignment of GPU 0 stands in
-    for the runtime context a real worker asks (tests/test_ray_env_values.py has that)."""
+    for the runtime context a real worker asks (tests/test_ray_env_values.py has that).
+
+    The worker's code writes ``os.environ`` itself (the bootstrap's error for the
+    assignment hook), which monkeypatch does not see: the environment is put back
+    whole, after each example and after the test."""
     on_machine("dgx-h100")
+    environ = dict(os.environ)
     monkeypatch.setattr(worker, "_assigned_gpu_ids", lambda: ["0"])
     monkeypatch.setattr(worker, "_pooled", lambda: False)
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))   # the torch follow hook
@@ -90,6 +145,8 @@ def fresh_worker(on_machine, monkeypatch):
         worker._options.cache_clear()
         binding._binder = None
         environment.release_log()          # install() holds the log until Ray connects
+        os.environ.clear()
+        os.environ.update(environ)
     yield reset
     reset()
 
@@ -111,7 +168,6 @@ def start_worker(monkeypatch, **env) -> None:
 @SETTINGS
 def test_any_spec_leaves_the_worker_running(fresh_worker, monkeypatch, spec):
     fresh_worker()
-    monkeypatch.delenv(environment.BOOT_ERROR_ENV, raising=False)
     start_worker(monkeypatch, RAY_NUMA_SPEC=spec)
 
 

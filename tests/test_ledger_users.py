@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -39,10 +41,12 @@ VICTIM = '''
 @pytest.fixture
 def shared_tmp(monkeypatch):
     """A sticky world-writable directory, as /tmp is, that both users reach; this
-    process's ledger lives there too (tempfile caches the temp directory)."""
+    process's ledger lives there too (tempfile caches the temp directory): the last
+    resort, for a user whose home directory is not their own alone (it is here)."""
     path = Path(tempfile.mkdtemp(prefix="ray-numa-users-", dir="/tmp"))
     path.chmod(0o1777)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(path))
     monkeypatch.setattr(tempfile, "tempdir", str(path))
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -68,7 +72,8 @@ def as_other_user(action) -> None:
 @pytest.fixture
 def victim(shared_tmp):
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    env.update(PYTHONPATH=str(ROOT), TMPDIR=str(shared_tmp), RAY_NUMA_SPEC="{}")
+    env.update(PYTHONPATH=str(ROOT), TMPDIR=str(shared_tmp), HOME=str(shared_tmp),
+               RAY_NUMA_SPEC="{}")
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(VICTIM)], env=env,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -196,7 +201,50 @@ def test_the_kernel_wins_over_what_a_record_says(shared_tmp, sleeper):
 
     write_record(sleeper, dict(claims, cpus=str(other), memory="bind", mem_nodes=[0]))
     reason = audit.examine(sleeper, True)["binding"]["reason"]
-    assert "no mapping in its numa_maps has memory policy 'bind'" in reason
+    assert "no mapping in its numa_maps has memory policy bind:0" in reason
     # a fixture machine's recorded binding was never applied: here it is not believed
     write_record(sleeper, dict(claims, cpus=str(other), memory="none", backend="record"))
     assert "recorded for a fixture machine" in audit.examine(sleeper, True)["binding"]["reason"]
+
+
+def test_another_user_cannot_squat_the_ledger_in_rays_shared_session_directory(
+        tmp_path, monkeypatch):
+    """Ray makes its temp directory and each ``session_*`` in it mode 0777 without the
+    sticky bit (``try_make_directory_shared``), so another user could take
+    ``<session>/ray-numa-bindings`` first, or swap it, and stop every record. The
+    ledger lives under a base only this user can write instead, keyed by the session."""
+    from ray_numa.binding import Binding
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-numa-raytmp-", dir="/tmp"))
+    session = ray_tmp / "session_2026-12-06_03-00-00_000000_1"
+    session.mkdir()
+    for path in (ray_tmp, session):
+        path.chmod(0o777)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("RAY_NUMA_SPEC", '{"node": "auto"}')
+    monkeypatch.setattr(sys, "argv", ["default_worker.py", f"--temp-dir={ray_tmp}",
+                                      f"--session-name={session.name}"])
+
+    def squat() -> None:
+        (session / "ray-numa-bindings").mkdir(mode=0o700)
+        (session / "ray-numa-bindings").chmod(0o777)
+        try:       # and where the ledger now is: nobody may even look
+            os.listdir(home)
+        except PermissionError:
+            return
+        raise AssertionError(f"{home} is open to another user")
+
+    try:
+        as_other_user(squat)
+        ledger.publish(Binding(status="bound", reason="mine", cpus="0"))
+        assert ledger.read(os.getpid())["reason"] == "mine"
+        folder = ledger.ledger_dir()
+        host = socket.gethostname()        # a home directory may be shared by nodes
+        assert folder == home / ".cache/ray-numa-bindings" / f"{session.name}@{host}"
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+        assert not any((session / "ray-numa-bindings").iterdir())
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
