@@ -118,6 +118,7 @@ def hook_ray(ray_worker_module: Any = None) -> None:
     def before_task(original: Callable) -> Callable:
         def record_task_log_start(self: Any, *args: Any, **kwargs: Any) -> Any:
             raise_pending()
+            catch_up()
             return original(self, *args, **kwargs)
         return record_task_log_start
 
@@ -183,6 +184,17 @@ def on_assignment() -> None:
         environment.logger().error("%s", _task_error)
         if _raise_at_assignment:
             raise _task_error
+
+
+def catch_up() -> None:
+    """On the thread about to run a task: take the process's memory policy if a bind
+    or follow on another thread left this one with an older one (a memory policy is
+    per thread). Ray runs each task's start on the thread that runs it: main for
+    tasks and plain actors, the pool thread of a threaded actor, the fiber thread of
+    an async actor (whose methods then run on its event loop thread)."""
+    binder = getattr(sys.modules.get(f"{__package__}.binding"), "_binder", None)
+    if binder is not None:
+        binder.catch_up()
 
 
 def raise_pending() -> None:
