@@ -56,6 +56,8 @@ class ThreadPolicies:
 
     def took(self, key: PolicyKey) -> None:
         """The calling thread now has ``key``, and so should every thread."""
+        if self.wanted is None:   # the first: main has what the process started with
+            self.by_thread.setdefault(threading.main_thread().native_id, ("as started", ()))
         self.wanted = key
         self._local.policy = key
         self.by_thread[threading.get_native_id()] = key

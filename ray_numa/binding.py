@@ -182,6 +182,11 @@ class Binder:
                      for tid, (mode, nodes) in sorted(threads.by_thread.items())
                      if os.path.exists(f"/proc/self/task/{tid}"))
 
+    def lacks_policy(self, thread_id: int) -> bool:
+        """Whether ``thread_id`` may lack the memory policy of the last bind or follow."""
+        threads = self.backend.threads
+        return threads.wanted is not None and threads.by_thread.get(thread_id) != threads.wanted
+
     def catch_up(self) -> None:
         """At a task's start, on the thread that runs it: take the memory policy of the
         last bind or follow if this thread lacks it. Never raises (a task hook)."""

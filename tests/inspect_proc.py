@@ -51,11 +51,20 @@ def report(**extra) -> None:
 
 def touch_buffer(mib: int):
     """Allocate and first-touch ``mib`` MiB of private anonymous memory (malloc's kind;
-    ``mmap.mmap(-1, n)`` alone is MAP_SHARED); returns (mmap, address)."""
+    ``mmap.mmap(-1, n)`` alone is MAP_SHARED); returns (mmap, address).
+
+    A PROT_NONE page on each side keeps it one mapping of its own: the kernel merges
+    adjacent private anonymous mappings, and numa_maps counts per mapping."""
     import ctypes
     import mmap
-    buf = mmap.mmap(-1, mib << 20, flags=mmap.MAP_PRIVATE)
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    page = mmap.PAGESIZE
+    buf = mmap.mmap(-1, (mib << 20) + 2 * page, flags=mmap.MAP_PRIVATE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    for guard in (base, base + page + (mib << 20)):
+        if libc.mprotect(ctypes.c_void_p(guard), page, 0) != 0:     # PROT_NONE
+            raise OSError(ctypes.get_errno(), "mprotect")
+    addr = base + page
     ctypes.memset(addr, 1, mib << 20)
     return buf, addr
 

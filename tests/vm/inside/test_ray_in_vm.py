@@ -62,6 +62,7 @@ def reports():
                 from ray_numa import syscalls
                 from tests.inspect_proc import (inspect, mapping_pages, node_pages,
                                                 thread_policy, touch_buffer)
+                entry = list(syscalls.get_mempolicy())   # the assignment's, on any thread
                 syscalls.set_mempolicy("bind", [1])       # its pages start on node 1
                 self.own, own_addr = touch_buffer(16)
                 arr = ray.get(obj_refs[0])                # zero-copy: the object store
@@ -73,7 +74,8 @@ def reports():
                 import torch
                 torch.cuda.set_device(1)
                 main = threading.main_thread().native_id
-                return inspect(before=before, thread=threading.get_native_id(), main=main,
+                return inspect(entry=entry, before=before, main=main,
+                               thread=threading.get_native_id(),
                                main_policy=thread_policy(main),
                                after=dict(own=node_pages(own_addr),
                                           obj=mapping_pages(obj_addr)))
@@ -172,6 +174,7 @@ def test_following_on_another_thread_moves_later_task_threads(reports, kind):
     r = reports[kind]
     assert "error" not in r, r["error"]
     b = r["binding"]
+    assert r["entry"] == ["bind", [1]], r          # caught up with the bind on main
     assert b["gpus"] == ["1"] and b["gpu_rule"] == "followed device", b
     assert b["mem_nodes"] == [0] and r["mempolicy"] == ["bind", [0]], r
     assert r["thread"] != r["main"] and r["main_policy"] == "bind:1", r
