@@ -191,7 +191,7 @@ class Binder:
         """At a task's start, on the thread that runs it: take the memory policy of the
         last bind or follow if this thread lacks it. Never raises (a task hook)."""
         try:
-            if catch_up(self.backend) and self.binding.thread_policies:
+            if catch_up(self.backend):      # once per thread and bind: record it
                 with _record_lock:
                     self._record(self.binding)
         except Exception as exc:
