@@ -14,25 +14,10 @@ import threading
 
 import pytest
 
-from conftest import ray_cluster
-from tests.test_follow import TORCHLIB, calls_for
+from tests.test_follow import calls_for
+from tests.test_ray_vllm_follow import ray  # noqa: F401  (the DGX cluster, torch stand-in)
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray(machine_tree):
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TORCHLIB, saved) if p)
-    try:
-        with ray_cluster(fixture_root=machine_tree("dgx-h100"), num_gpus=8, num_cpus=4,
-                         job_runtime_env={"numa_bind": "auto"}) as ray:
-            yield ray
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 class Follower:
