@@ -90,19 +90,11 @@ def reports():
                 t.join()
                 return inspect(thread=threading.get_native_id(), child=child[0])
 
-        class AsyncFollower(Follower):
-            async def select(self, obj_refs):
-                return Follower.select(self, obj_refs)
-
-            async def later(self):
-                return Follower.later(self)
-
         started = time.monotonic()
         follow = dict(num_gpus=0.25, num_cpus=0, runtime_env={"numa_bind": "auto"})
-        followers = {
-            "threaded": ray.remote(max_concurrency=2, **follow)(Follower).remote(),
-            "async": ray.remote(**follow)(AsyncFollower).remote(),
-        }
+        # one threaded actor: every worker costs minutes under TCG; the async actor's
+        # event loop is covered with the recording backend (test_ray_thread_follow.py)
+        followers = {"threaded": ray.remote(max_concurrency=2, **follow)(Follower).remote()}
         actors = {
             "auto-gpu": ray.remote(num_gpus=0.5, num_cpus=0, runtime_env={"numa_bind": "auto"})(
                 Probe).remote(),
@@ -119,7 +111,7 @@ def reports():
             except Exception as exc:
                 got[name] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"VM_RAY follow {name}: {got[name]}")
-        print(f"VM_RAY five actors replied after {time.monotonic() - started:.0f} s")
+        print(f"VM_RAY four actors replied after {time.monotonic() - started:.0f} s")
         for name, r in list(got.items())[:3]:
             r["process_kb"] = resident_kb_by_node(r["pid"])
             r["anon_kb"] = resident_kb_by_node(r["pid"], anonymous=True)
@@ -165,13 +157,12 @@ def _pages(counts: dict) -> dict:
     return {int(node): n for node, n in counts.items()}
 
 
-@pytest.mark.parametrize("kind", ["threaded", "async"])
-def test_following_on_another_thread_moves_later_task_threads(reports, kind):
-    """Issue 21.5: set_device on a threaded actor's pool thread or an async actor's
-    event loop thread rebinds that thread (set_mempolicy(2) is per thread); the record
-    says main kept node 1's policy, as the kernel shows, and every thread that runs a
-    later method, and the threads it starts, has node 0's."""
-    r = reports[kind]
+def test_following_on_another_thread_moves_later_task_threads(reports):
+    """Issue 21.5: set_device on a threaded actor's pool thread rebinds that thread
+    (set_mempolicy(2) is per thread); the record says main kept node 1's policy, as the
+    kernel shows, and every thread that runs a later method, and the threads it starts,
+    has node 0's."""
+    r = reports["threaded"]
     assert "error" not in r, r["error"]
     b = r["binding"]
     assert r["entry"] == ["bind", [1]], r          # caught up with the bind on main
