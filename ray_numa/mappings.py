@@ -6,16 +6,18 @@ pages it shares with other processes: Ray's object store (every worker maps it),
 ``/dev/shm`` segments, shared file mappings. A worker binding to node 1 would pull
 them all off node 0, under the feet of the processes on node 0.
 
-The pages that belong to this process alone live in its *private anonymous*
-mappings: heap, stacks, malloc arenas, ``mmap(MAP_PRIVATE | MAP_ANONYMOUS)`` buffers.
-``/proc/<pid>/maps`` (proc(5)) names them: permissions ending in ``p`` (private;
-``s`` is shared), and no file (inode 0) or one of the kernel's names ``[heap]``,
-``[stack]``, ``[stack:<tid>]`` (before Linux 4.5) and ``[anon:<name>]`` (a name given
-with ``prctl(PR_SET_VMA_ANON_NAME)``, Linux 5.17+, as glibc 2.39+ does for its arenas).
-The kernel's own mappings (``[vdso]``, ``[vvar]``, ``[vsyscall]``) hold no movable
-pages. A ``MAP_SHARED | MAP_ANONYMOUS`` buffer (``/dev/zero (deleted)``; also what
-Python's ``mmap.mmap(-1, n)`` makes) is shared memory for the children a process forks,
-so it stays too.
+The pages that belong to this process live in its *private* mappings:
+``/proc/<pid>/maps`` (proc(5)) shows permissions ending in ``p`` (``s`` is shared).
+They are anonymous ones (no file, inode 0, or the kernel's names ``[heap]``,
+``[stack]``, ``[stack:<tid>]`` before Linux 4.5, ``[anon:<name>]`` from
+``prctl(PR_SET_VMA_ANON_NAME)``, Linux 5.17+) and private file mappings, whose
+written pages (a library's relocated data, its GOT: ~3.5 MiB in a Ray worker) are
+this process's copies. Left out: shared mappings (Ray's object store, /dev/shm, and
+``MAP_SHARED | MAP_ANONYMOUS``, which Python's ``mmap.mmap(-1, n)`` makes: memory for
+the children a process forks); private mappings of tmpfs files (``/dev/shm/...``,
+``/memfd:...``, deleted files), because ``mbind`` on them sets the *file's* shared
+policy (mm/shmem.c ``shmem_set_policy``), which other processes allocate by; devices
+(``/dev/...``); and the kernel's ``[vdso]``, ``[vvar]``, ``[vsyscall]``.
 
 Even inside these mappings, pages the process shares with a forked child
 (copy-on-write) move only with ``MPOL_MF_MOVE_ALL``; ray-numa passes ``MPOL_MF_MOVE``,
@@ -29,6 +31,9 @@ from typing import List, Tuple
 #: The kernel's names for anonymous mappings (proc(5)); others name a file.
 _ANON_NAMES = ("[heap]", "[stack]", "[stack:", "[anon:")
 
+#: Private mappings of these are left alone: tmpfs/memfd files (a shared policy), devices.
+_NOT_OWN_FILES = ("/dev/", "/memfd:", "/SYSV")
+
 Range = Tuple[int, int]          # [start, end) addresses
 
 
@@ -36,14 +41,17 @@ def _own(fields: List[str]) -> bool:
     perms, inode = fields[1], fields[4]
     if not perms.endswith("p"):
         return False
-    name = fields[5] if len(fields) > 5 else ""
+    name = fields[5].strip() if len(fields) > 5 else ""
     if not name:
         return inode == "0"
-    return name.startswith(_ANON_NAMES)
+    if name.startswith("["):
+        return name.startswith(_ANON_NAMES)
+    return name.startswith("/") and not (name.startswith(_NOT_OWN_FILES)
+                                         or name.endswith(" (deleted)"))
 
 
 def own_ranges(maps_text: str) -> List[Range]:
-    """The address ranges of the private anonymous mappings in a ``/proc/<pid>/maps``
+    """The address ranges of the process's own mappings in a ``/proc/<pid>/maps``
     text, adjacent ones merged (one ``mbind`` call covers a thread's guard page and
     stack); a line it cannot read is skipped, never guessed at."""
     out: List[Range] = []

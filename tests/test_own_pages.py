@@ -24,6 +24,8 @@ MAPS = """\
 40000000-44000000 rw-s 00000000 00:01 99     /dev/zero (deleted)
 50000000-50010000 rw-p 00000000 08:01 555    /usr/lib/libc.so.6
 60000000-60001000 rw-p 00000000 00:05 4242   /memfd:cuda (deleted)
+61000000-61001000 rw-p 00000000 00:1a 4243   /dev/shm/private-map
+62000000-62001000 rw-p 00000000 08:01 4244   /opt/lib/old.so (deleted)
 7ffd0000-7ffe0000 rw-p 00000000 00:00 0      [stack]
 7ffe1000-7ffe5000 r--p 00000000 00:00 0      [vvar]
 7ffe5000-7ffe7000 r-xp 00000000 00:00 0      [vdso]
@@ -32,12 +34,14 @@ garbage line
 """
 
 
-def test_only_private_anonymous_mappings_are_the_processes_own():
+def test_only_private_mappings_of_ordinary_files_and_anonymous_memory_are_own():
     assert own_ranges(MAPS) == [
+        (0x00400000, 0x00402000),                 # the executable's segments, merged
         (0x00500000, 0x00600000),                 # heap
         (0x30000000, 0x30802000),                 # guard page + stack + named arena, merged
+        (0x50000000, 0x50010000),                 # libc's data (relocated: its own copy)
         (0x7ffd0000, 0x7ffe0000),                 # main stack
-    ]
+    ]                 # not: /dev/shm, /dev/zero shared, the memfd, [vvar], [vdso], ...
 
 
 def test_a_bind_moves_the_private_buffer_and_leaves_the_shared_segment(tmp_path):
