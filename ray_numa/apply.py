@@ -103,9 +103,9 @@ class SyscallBackend:
         backend shows); returns how many mapping ranges were passed to the kernel.
 
         Not ``migrate_pages(2)``: with CAP_SYS_NICE it also moves pages other processes
-        map (Ray's object store, /dev/shm). ``mbind(2)`` with ``MPOL_MF_MOVE`` over its
-        own private mappings (mappings.py) moves only pages this process alone maps; it also
-        sets the mappings' policy, which is then removed again (MPOL_DEFAULT): a
+        map (Ray's object store, /dev/shm). ``mbind(2)`` with ``MPOL_MF_MOVE`` over
+        its own private mappings (mappings.py) moves only pages this process alone
+        maps; it also sets the mappings' policy, which is then removed again (MPOL_DEFAULT): a
         mapping policy would outlive a later rebind or unbind and override the
         thread's, and migrate_pages set none either.
         """
