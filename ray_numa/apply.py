@@ -3,9 +3,14 @@
 Two ways in. Before the worker starts, a ``numactl`` argv (policy set before the
 interpreter exists, so every thread inherits it). After start, syscalls: affinity on
 every thread in the process, the memory policy of the calling thread (the one that
-runs the actor/task and spawns its threads), and ``migrate_pages`` for pages touched
-before the bind. Other pre-existing threads keep the default "local" policy, which,
-with their affinity on the target node, allocates there too.
+runs the actor/task and spawns its threads), and ``mbind(MPOL_MF_MOVE)`` over the
+process's own private mappings for pages touched before the bind (see mappings.py).
+
+A memory policy is per thread (set_mempolicy(2)) and no syscall sets another
+thread's. The backend remembers the policy the process should have and which
+threads have it; a thread that runs a later task takes it there (:func:`catch_up`).
+Threads that never do keep theirs: with their affinity on the target node, the
+default "local" policy allocates there too.
 
 Permission problems walk a ladder like SGLang's: bind -> preferred -> CPUs only.
 On a fixture machine a :class:`RecordingBackend` stands in and records every call.
@@ -18,9 +23,10 @@ import shutil
 import subprocess
 import threading
 from collections import namedtuple
-from typing import TYPE_CHECKING, Any, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence,
+                    Tuple)
 
-from . import syscalls
+from . import mappings, syscalls
 from .cpusets import format_cpulist
 
 if TYPE_CHECKING:
@@ -36,9 +42,43 @@ class BindError(RuntimeError):
     """Binding was required (strict) but could not be done."""
 
 
+PolicyKey = Tuple[str, Tuple[int, ...]]      # (kernel mode, nodes)
+
+
+class ThreadPolicies:
+    """The memory policy the process should have (``wanted``), and the one ray-numa
+    set on each thread it ran on (``by_thread``: native thread id -> policy)."""
+
+    def __init__(self) -> None:
+        self.wanted: Optional[PolicyKey] = None
+        self.by_thread: Dict[int, PolicyKey] = {}
+        self._local = threading.local()      # this thread's, checked at every task start
+
+    def took(self, key: PolicyKey) -> None:
+        """The calling thread now has ``key``, and so should every thread."""
+        if self.wanted is None:   # the first: main has what the process started with
+            self.by_thread.setdefault(threading.main_thread().native_id, ("as started", ()))
+        self.wanted = key
+        self._local.policy = key
+        self.by_thread[threading.get_native_id()] = key
+
+    def tried(self) -> None:
+        self._local.policy = self.wanted
+
+    def current(self) -> bool:
+        return getattr(self._local, "policy", None) == self.wanted
+
+    def lagging(self) -> Dict[int, PolicyKey]:
+        """Threads ray-numa set another policy on than the wanted one."""
+        return {tid: key for tid, key in self.by_thread.items() if key != self.wanted}
+
+
 class SyscallBackend:
     """Applies to this process through the kernel."""
     name = "syscall"
+
+    def __init__(self) -> None:
+        self.threads = ThreadPolicies()
 
     def set_affinity(self, cpus: FrozenSet[int]) -> int:
         """Pin every thread, re-listing until no new thread appeared meanwhile."""
@@ -59,7 +99,26 @@ class SyscallBackend:
         syscalls.set_mempolicy(mode, nodes)
 
     def migrate(self, old: Sequence[int], new: Sequence[int]) -> int:
-        return syscalls.migrate_pages(old, new)
+        """Move this process's own pages onto ``new`` (``old`` is what the recording
+        backend shows); returns how many mapping ranges were passed to the kernel.
+
+        Not ``migrate_pages(2)``: with CAP_SYS_NICE it also moves pages other processes
+        map (Ray's object store, /dev/shm). ``mbind(2)`` with ``MPOL_MF_MOVE`` over
+        its own private mappings (mappings.py) moves only pages this process alone
+        maps; it also sets the mappings' policy, which is then removed again (MPOL_DEFAULT): a
+        mapping policy would outlive a later rebind or unbind and override the
+        thread's, and migrate_pages set none either.
+        """
+        ranges = mappings.read_own_ranges()
+        for start, end in ranges:
+            try:
+                syscalls.mbind(start, end - start, "bind", new, syscalls.MPOL_MF_MOVE)
+                syscalls.mbind(start, end - start, "default")
+            except OSError as exc:
+                if exc.errno not in (errno.EFAULT, errno.ENOMEM):
+                    raise
+                # unmapped since /proc/self/maps was read (e.g. a thread exited)
+        return len(ranges)
 
 
 class RecordingBackend:
@@ -68,6 +127,7 @@ class RecordingBackend:
 
     def __init__(self) -> None:
         self.calls: List[Tuple[Any, ...]] = []
+        self.threads = ThreadPolicies()
 
     def set_affinity(self, cpus: FrozenSet[int]) -> int:
         self.calls.append(("sched_setaffinity", "all-threads", format_cpulist(cpus)))
@@ -77,6 +137,7 @@ class RecordingBackend:
         self.calls.append(("set_mempolicy", mode, format_cpulist(nodes)))
 
     def migrate(self, old: Sequence[int], new: Sequence[int]) -> int:
+        """Recorded as the move it stands for: own pages from ``old`` onto ``new``."""
         self.calls.append(("migrate_pages", format_cpulist(old), format_cpulist(new)))
         return 0
 
@@ -133,6 +194,7 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
     for rung, mode, wanted in _steps(plan):
         try:
             backend.set_mempolicy(mode, wanted)
+            backend.threads.took((mode, tuple(wanted)))
             # "local" names no nodes: memory lands where the CPUs are, the plan's nodes
             memory, nodes = rung, tuple(wanted) if mode != "local" else plan.mem_nodes
             break
@@ -193,8 +255,25 @@ def reset(backend: Any, cpus: FrozenSet[int]) -> None:
     backend.set_affinity(cpus)
     try:
         backend.set_mempolicy("default", ())
+        backend.threads.took(("default", ()))
     except OSError:
         pass
+
+
+def catch_up(backend: Any) -> bool:
+    """Give the calling thread the memory policy the process should have, if it has
+    another (the bind or follow ran on another thread); True if it changed."""
+    threads = backend.threads
+    if threads.wanted is None or threads.current():
+        return False
+    mode, nodes = threads.wanted
+    try:
+        backend.set_mempolicy(mode, nodes)
+    except OSError:              # it succeeded on another thread: not expected
+        threads.tried()          # so not again at every task
+        return False
+    threads.took(threads.wanted)
+    return True
 
 
 _NUMACTL_FLAG = {"bind": "--membind", "preferred": "--preferred",

@@ -11,12 +11,13 @@ import functools
 import logging
 import os
 import sys
+import threading
 from collections import namedtuple
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 from . import environment, ledger
-from .apply import (BindError, RecordingBackend, SyscallBackend, apply_plan, migrate_touched,
-                    reset)
+from .apply import (BindError, RecordingBackend, SyscallBackend, apply_plan, catch_up,
+                    migrate_touched, reset)
 from .cpusets import format_cpulist, parse_cpulist, process_limits
 from .planning import plan_for
 from .policy import Plan, Skip
@@ -28,8 +29,10 @@ if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, options
 
 
 class Binding(namedtuple("Binding", "status reason cpus cpu_nodes mem_nodes memory gpus "
-                         "gpu_rule history backend notes calls nic nic_path nic_vars",
-                         defaults=("", (), (), "none", (), "", (), "", (), (), (), "", ()))):
+                         "gpu_rule history backend notes calls nic nic_path nic_vars "
+                         "thread_policies",
+                         defaults=("", (), (), "none", (), "", (), "", (), (), (), "", (),
+                                   ()))):
     """What this process is bound to and why (``status``: bound|skipped|off|unbound).
 
     A typed result like psutil's, and built like psutil's: a ``collections.namedtuple``
@@ -59,6 +62,12 @@ class Binding(namedtuple("Binding", "status reason cpus cpu_nodes mem_nodes memo
     nic: Tuple[str, ...]
     nic_path: str
     nic_vars: Tuple[str, ...]
+    #: Set while the threads ray-numa set a memory policy on disagree: a memory policy is
+    #: per thread, so a bind or follow on a thread other than main (an async actor's
+    #: event loop, a threaded actor's pool) leaves main, and the threads it starts, with
+    #: the old one until main runs a task. One ``{"tid", "main", "memory", "nodes"}``
+    #: per live thread; () (the default) when they all have ``memory``/``mem_nodes``.
+    thread_policies: Tuple[Dict[str, Any], ...]
 
     def as_dict(self) -> Dict[str, Any]:
         return self._asdict()
@@ -136,9 +145,35 @@ class Binder:
 
     def _record(self, binding: Binding) -> Binding:
         calls = tuple(getattr(self.backend, "calls", ()))
-        self.binding = binding._replace(calls=calls)
+        self.binding = binding._replace(calls=calls, thread_policies=self._thread_policies())
         ledger.publish(self.binding)      # for `ray-numa audit`, from another process
         return self.binding
+
+    def _thread_policies(self) -> Tuple[Dict[str, Any], ...]:
+        """See :attr:`Binding.thread_policies`."""
+        threads = self.backend.threads
+        if not threads.lagging():
+            return ()
+        main = threading.main_thread().native_id
+        return tuple({"tid": tid, "main": tid == main, "memory": mode, "nodes": list(nodes)}
+                     for tid, (mode, nodes) in sorted(threads.by_thread.items())
+                     if os.path.exists(f"/proc/self/task/{tid}"))
+
+    def lacks_policy(self, thread_id: int) -> bool:
+        """Whether ``thread_id`` may lack the memory policy of the last bind or follow."""
+        threads = self.backend.threads
+        return threads.wanted is not None and threads.by_thread.get(thread_id) != threads.wanted
+
+    def catch_up(self) -> None:
+        """At a task's start, on the thread that runs it: take the memory policy of the
+        last bind or follow if this thread lacks it. Never raises (a task hook)."""
+        try:
+            if catch_up(self.backend):      # once per thread and bind: record it
+                with _record_lock:
+                    self._record(self.binding)
+        except Exception as exc:
+            environment.warn_once(f"memory policy not applied to thread "
+                                  f"{threading.get_native_id()}: {type(exc).__name__}: {exc}")
 
     def skip(self, skip: Skip, options: BindOptions, gpus: Tuple[str, ...] = (),
              gpu_rule: str = "") -> Binding:
@@ -345,6 +380,7 @@ def _say(binding: Binding, level: int) -> None:
 
 
 _binder: Optional[Binder] = None
+_record_lock = threading.Lock()   # task threads catching up at once record in turn
 
 
 def process_binder() -> Binder:

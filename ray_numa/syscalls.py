@@ -1,7 +1,7 @@
 """The NUMA memory-policy syscalls through ctypes: no libnuma needed.
 
-glibc has no wrappers for set_mempolicy/get_mempolicy/migrate_pages (libnuma
-does), so they are called by number. Errors are OSError naming the syscall and its
+glibc has no wrappers for set_mempolicy/get_mempolicy/mbind (libnuma does), so
+they are called by number. Errors are OSError naming the syscall and its
 arguments, so a warning can tell the user exactly what the kernel refused.
 """
 from __future__ import annotations
@@ -15,12 +15,15 @@ MODES = {"default": 0, "preferred": 1, "bind": 2, "interleave": 3, "local": 4,
          "preferred_many": 5}
 MODE_NAMES = {v: k for k, v in MODES.items()}
 MPOL_F_MEMS_ALLOWED = 4
+#: mbind(2): move the range's pages that this process alone maps (never MPOL_MF_MOVE_ALL,
+#: which with CAP_SYS_NICE moves pages other processes map too).
+MPOL_MF_MOVE = 1 << 1
 
 # Syscall numbers from the kernel's unistd tables.
 _NR = {
-    "x86_64": {"set_mempolicy": 238, "get_mempolicy": 239, "migrate_pages": 256},
-    "aarch64": {"get_mempolicy": 236, "set_mempolicy": 237, "migrate_pages": 238},
-    "ppc64le": {"migrate_pages": 258, "get_mempolicy": 260, "set_mempolicy": 261},
+    "x86_64": {"mbind": 237, "set_mempolicy": 238, "get_mempolicy": 239},
+    "aarch64": {"mbind": 235, "get_mempolicy": 236, "set_mempolicy": 237},
+    "ppc64le": {"mbind": 259, "get_mempolicy": 260, "set_mempolicy": 261},
 }
 _MAX_NODES = 1024
 _ULONG_BITS = ctypes.sizeof(ctypes.c_ulong) * 8
@@ -83,11 +86,16 @@ def mems_allowed() -> Tuple[int, ...]:
     return _nodes(mask)
 
 
-def migrate_pages(old: Iterable[int], new: Iterable[int], pid: int = 0) -> int:
-    """Move ``pid``'s pages from ``old`` nodes to ``new``; returns pages not moved."""
-    old, new = tuple(old), tuple(new)
-    return _call("migrate_pages", f"migrate_pages(from {list(old)} to {list(new)})",
-                 ctypes.c_int(pid), ctypes.c_ulong(_MAX_NODES + 1), _mask(old), _mask(new))
+def mbind(start: int, length: int, mode: str, nodes: Iterable[int] = (),
+          flags: int = 0) -> None:
+    """Set the policy of the mappings in ``[start, start + length)`` (``"default"``
+    removes it); with ``MPOL_MF_MOVE`` also move their pages that break it and that
+    this process alone maps (mbind(2))."""
+    nodes = tuple(nodes)
+    _call("mbind", f"mbind({start:#x}+{length:#x}, {mode}, nodes {list(nodes)})",
+          ctypes.c_ulong(start), ctypes.c_ulong(length), ctypes.c_int(MODES[mode]),
+          _mask(nodes) if nodes else None, ctypes.c_ulong(_MAX_NODES + 1 if nodes else 0),
+          ctypes.c_uint(flags))
 
 
 def thread_ids(pid: Optional[int] = None) -> Tuple[int, ...]:

@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import sys
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import environment
@@ -130,6 +131,7 @@ def hook_ray(ray_worker_module: Any = None) -> None:
         def record_task_log_start(self: Any, *args: Any, **kwargs: Any) -> Any:
             settle(None)        # a function this worker ran before: it is pooled
             raise_pending()
+            catch_up()
             return original(self, *args, **kwargs)
         return record_task_log_start
 
@@ -239,6 +241,39 @@ def _failed(exc: Exception) -> None:
 def _raise_if_no_task_hook() -> None:
     if _task_error is not None and _raise_at_assignment:
         raise _task_error
+
+
+def catch_up() -> None:
+    """On the thread about to run a task: take the process's memory policy if a bind
+    or follow on another thread left this one with an older one (a memory policy is
+    per thread). Ray runs each task's start on the thread that runs it: main for
+    tasks and plain actors, the pool thread of a threaded actor, the fiber thread of
+    an async actor (whose methods then run on its event loop thread)."""
+    binder = getattr(sys.modules.get(f"{__package__}.binding"), "_binder", None)
+    if binder is not None:
+        binder.catch_up()
+        _catch_up_event_loop(binder)
+
+
+#: Ray's CoreWorker.get_event_loop(descriptor, cg) answers the default loop for "__init__"
+_INIT = SimpleNamespace(function_name="__init__")
+
+
+def _catch_up_event_loop(binder: Any) -> None:
+    """An async actor's methods run on its event loop thread, not on the (fiber) thread
+    that starts the task, and that loop may predate the bind: while the loop's thread
+    lacks the policy, queue the catch-up on the loop, ahead of the method's coroutine."""
+    try:
+        import ray
+        core_worker = ray._private.worker.global_worker.core_worker
+        if not core_worker.current_actor_is_asyncio():
+            return
+        loop, thread = core_worker.get_event_loop(_INIT, None)
+        if loop is not None and binder.lacks_policy(thread.native_id):
+            loop.call_soon_threadsafe(binder.catch_up)
+    except Exception as exc:   # a Ray whose internals moved: the loop keeps its policy
+        environment.warn_once(f"memory policy not applied to the async actor's event loop "
+                              f"thread: {type(exc).__name__}: {exc}")
 
 
 def raise_pending() -> None:

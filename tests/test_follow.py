@@ -285,3 +285,48 @@ def test_torch_before_2_8_has_no_device_index_and_set_device_index_is_still_foll
     assert getattr(accelerator.set_device_index, "_ray_numa_follows", False)
     assert getattr(accelerator.set_device_idx, "_ray_numa_follows", False)
     assert not hasattr(accelerator, "device_index")
+
+
+def test_follow_on_another_thread_is_recorded_per_thread_until_main_catches_up(dgx):
+    """Issue 21.5: set_mempolicy(2) sets the calling thread's policy only, so a follow
+    on an event-loop or pool thread leaves main (and the threads it starts) on the old
+    node; the record says so, and main takes the new policy at its next task start
+    (``worker.catch_up``, run from Ray's task-start hook)."""
+    r = child_report(with_torch('''
+        from ray_numa import bind_current_process, current_binding, worker
+        import torch
+        bind_current_process(2)                  # node 0, on main
+        follower = []
+        def select():
+            torch.cuda.set_device(6)             # node 1, on this thread only
+            follower.append(threading.get_native_id())
+        t = threading.Thread(target=select)
+        t.start(); t.join()
+        lagging = current_binding().as_dict()
+        worker.catch_up()                        # main's next task start
+        worker.catch_up()                        # and the one after: nothing more
+        report(lagging=lagging, follower=follower[0],
+               main=threading.main_thread().native_id,
+               binding=current_binding().as_dict())
+    '''), env=dgx)
+    lagging, b = r["lagging"], r["binding"]
+    assert lagging["mem_nodes"] == [1] and lagging["cpus"] == NODE_CPUS[1]
+    assert sorted((t["tid"], t["main"], t["memory"], t["nodes"])
+                  for t in lagging["thread_policies"]) == sorted(
+        [(r["main"], True, "bind", [0]), (r["follower"], False, "bind", [1])])
+    assert b["thread_policies"] == []            # the follower has exited, main caught up
+    assert [list(c) for c in b["calls"]] == calls_for(0) + calls_for(1) + [
+        ["set_mempolicy", "bind", "1"]]
+
+
+def test_threads_that_agree_leave_no_thread_record(dgx):
+    r = child_report(with_torch('''
+        from ray_numa import bind_current_process, current_binding, worker
+        import torch
+        bind_current_process(2)
+        torch.cuda.set_device(6)                 # on main: every later thread inherits
+        worker.catch_up()
+        report(binding=current_binding().as_dict())
+    '''), env=dgx)
+    assert r["binding"]["thread_policies"] == [] and r["binding"]["mem_nodes"] == [1]
+    assert [list(c) for c in r["binding"]["calls"]] == calls_for(0) + calls_for(1)

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from ray_numa.topology import format_cpulist, read_topology
+from tests.inspect_proc import share_on
 from tests.procs import ROOT, child_report
 
 pytestmark = pytest.mark.skipif(os.environ.get("RAY_NUMA_IN_VM") != "1",
@@ -121,3 +122,58 @@ def test_memory_less_node_binds_memory_to_the_nearest_node_with_memory():
     assert r["cpus_allowed"] == format_cpulist(TOPO.nodes[memless].cpus)
     pages = {int(k): v for k, v in r["pages"].items()}
     assert sum(pages.get(t, 0) for t in target) / sum(pages.values()) >= 0.99, pages
+
+
+SHM_HOLDER = r'''
+import mmap, os, sys
+from ray_numa import syscalls
+syscalls.set_mempolicy("bind", [0])                  # this process's pages: node 0
+fd = os.open("/dev/shm/ray-numa-vm-shared", os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(fd, 64 << 20)
+shared = mmap.mmap(fd, 64 << 20, mmap.MAP_SHARED)
+shared.write(b"\1" * (64 << 20))
+print("ready", flush=True)
+sys.stdin.readline()
+'''
+
+
+@two_node
+def test_binding_moves_the_workers_own_pages_not_pages_it_shares(nvml_fixture):
+    """Issue 21.2: as root (CAP_SYS_NICE), migrate_pages(2) moved pages "shared with
+    another process" too; the 64 MiB /dev/shm mapping of another process must stay on
+    node 0 while the worker's private buffer moves to the GPU's node 1. mbind(2):
+    MPOL_MF_MOVE moves only pages this process alone maps."""
+    holder = subprocess.Popen([sys.executable, "-c", SHM_HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        r = child_report('''
+            import ctypes, mmap
+            from ray_numa import syscalls
+            syscalls.set_mempolicy("bind", [0])
+            own, own_addr = touch_buffer(64)                 # private, first touch node 0
+            fd = os.open("/dev/shm/ray-numa-vm-shared", os.O_RDWR)
+            shared = mmap.mmap(fd, 64 << 20, mmap.MAP_SHARED)
+            shared_addr = ctypes.addressof(ctypes.c_char.from_buffer(shared))
+            total = sum(shared[i] for i in range(0, 64 << 20, 4096))  # map every page
+            before = dict(own=node_pages(own_addr), shared=node_pages(shared_addr))
+            from ray_numa import bind_current_process
+            b = bind_current_process(gpu=0)
+            report(binding=b.as_dict(), before=before, total=total,
+                   after=dict(own=node_pages(own_addr), shared=node_pages(shared_addr)))
+        ''', env=nvml_fixture)
+        holder_pages = open(f"/proc/{holder.pid}/numa_maps").read()
+    finally:
+        holder.communicate("done\n", timeout=60)
+        os.unlink("/dev/shm/ray-numa-vm-shared")
+    print(f"VM_OWN_PAGES before {r['before']} after {r['after']}")
+    assert r["binding"]["status"] == "bound" and r["mempolicy"] == ["bind", [1]]
+    assert r["total"] == 16384                       # every shared page was mapped
+    pages = {k: {int(n): c for n, c in v.items()} for k, v in r["after"].items()}
+    before = {k: {int(n): c for n, c in v.items()} for k, v in r["before"].items()}
+    assert share_on(before["own"], 0) >= 0.99 and share_on(before["shared"], 0) >= 0.99
+    assert share_on(pages["own"], 1) >= 0.99, pages      # the worker's own: moved
+    assert share_on(pages["shared"], 0) >= 0.99, pages   # the other process's: stayed
+    line = next(l for l in holder_pages.splitlines() if "ray-numa-vm-shared" in l)
+    assert "N0=16384" in line and "N1=" not in line, line
