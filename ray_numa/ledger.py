@@ -60,8 +60,20 @@ def _session_name() -> Optional[str]:
     the interpreter's start on.
     """
     args = dict(a.split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-    name = args.get("--session-name")
+    name = args.get("--session-name") or _driver_session()
     return name if name and os.sep not in name and name not in (".", "..") else None
+
+
+def _driver_session() -> Optional[str]:
+    """The session of the cluster a driver on this node is connected to (its node's
+    ``session_name``), so that the audit's ``examine`` called from a driver reads the
+    records its workers wrote; None when Ray is not loaded or not connected."""
+    worker = getattr(sys.modules.get("ray._private.worker"), "global_worker", None)
+    try:
+        name = worker.node.session_name if worker is not None and worker.connected else None
+    except Exception:    # a driver being torn down, another Ray: no session to name
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _users_alone(path: str) -> bool:
