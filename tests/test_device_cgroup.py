@@ -95,7 +95,7 @@ def test_exec_binds_near_the_gpu_the_job_was_given(machine_tree):
     env = {"RAY_NUMA_FIXTURE": str(machine_tree("dgx-h100-gpus-4-7")),
            "CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_LOCALID": "0"}
     proc = ray_numa("exec", "--", "true", env=env)
-    assert f"GPU 0 (0000:9a:00.0) -> CPUs of node(s) 1" in proc.stderr
+    assert "GPU 0 (0000:9a:00.0) -> CPUs of node(s) 1" in proc.stderr
     assert f"(CPUs {NODE1}, memory bind 1, via record)" in proc.stderr
 
 
