@@ -7,7 +7,16 @@ this interpreter for ``python3`` and this checkout's ``ray-numa``), run by a nam
 with the reason. A command no rule knows fails the test, so a new README command needs a
 rule. ``pip install`` runs with ``--dry-run``: it checks that the requirement resolves
 without changing the environment the tests run in.
+
+A command that cannot run here is still parsed where its parser is at hand: every
+``ray-numa ...`` in a command, also one wrapped by ``torchrun``, ``srun``, ``ray job
+submit`` or ``$(...)``, by ray-numa's own parser (``ray_numa.cli.parser()``), and ``ray
+job submit``'s options by Ray's own click command, with its ``numa_bind`` by
+``ray_numa.options.parse``. Shell or Python in a fence other than ``bash`` would escape
+all of this, so such a fence fails the test.
 """
+import json
+import os
 import re
 import shlex
 import subprocess
@@ -38,13 +47,18 @@ RULES = [
     (r"ray-numa env", RUN, "", "export RAY_RUNTIME_ENV_PLUGINS="),
     (r"ray-numa show", RUN, "", "NUMA node"),
     (r"ray-numa audit --help", RUN, "", "--min-local"),
-    (r'eval "\$\(ray-numa env\)"', RUN, "", ""),
+    # eval's exports are checked in the shell that ran it (see ``shell``)
+    (r'eval "\$\(ray-numa env\)"', RUN, "", "RAY_RUNTIME_ENV_PLUGINS=[{\"class\": "
+     "\"ray_numa.plugin.NumaBindPlugin\""),
     (r"ray start --head", SKIP, "starts a Ray head that outlives the command (it "
      "daemonizes, and `ray stop` would stop every Ray of this user); "
      "examples/job_submit.py starts one of its own and is run by tests/test_examples.py",
      None),
-    (r"ray job submit .*", SKIP, "needs that running head; examples/job_submit.py "
-     "submits the same runtime_env and is run by tests/test_examples.py", None),
+    (r"ray job submit .* -- python my_job\.py", SKIP, "needs that running head; "
+     "examples/job_submit.py submits the same runtime_env and is run by "
+     "tests/test_examples.py", None),
+    (r"ray job submit .* -- vllm serve .*", SKIP, "needs that running head, vLLM, GPUs "
+     "and RDMA NICs; tests/test_ray_nic.py checks a Ray worker's NIC variables", None),
     (r"torchrun .*", SKIP, "needs torch's torchrun and GPUs; "
      "examples/torchrun_launcher.py plays torchrun's ranks and runs here", None),
     (r"srun .*", SKIP, "needs a Slurm cluster", None),
@@ -55,8 +69,8 @@ RULES = [
 
 def readme_commands():
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
+    for block in re.findall(r"^```bash\n(.*?)^```", README, re.S | re.M):
+        for line in re.sub(r"\s*\\\n\s*", " ", block).splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 commands += [part.strip() for part in line.split(" && ")]
@@ -76,11 +90,60 @@ def test_every_readme_command_has_exactly_one_rule():
         rule_for(command)
 
 
+def test_no_commands_outside_bash_fences():
+    """Only ``bash`` fences are run or parsed, so a command in another fence (or an
+    unlabelled one) would go unchecked."""
+    fences = re.findall(r"^```(\w*)\n(.*?)^```", README, re.S | re.M)
+    assert len(fences) > 5, fences
+    for lang, body in fences:
+        if lang != "bash":
+            assert "ray-numa" not in body and "python3" not in body, (lang, body)
+
+
+def cli_calls(command):
+    """The argv of every ``ray-numa`` the command runs: itself, wrapped (``torchrun
+    ... ray-numa exec -- ...``) or in a ``$(...)``."""
+    calls = [shlex.split(inner) for inner in re.findall(r"\$\((ray-numa [^)]*)\)", command)]
+    words = shlex.split(re.sub(r"\$\([^)]*\)", "", command))
+    if "ray-numa" in words:
+        calls.append(words[words.index("ray-numa"):])
+    return [call[1:] for call in calls]
+
+
+def test_every_ray_numa_call_parses():
+    """ray-numa's own parser accepts every ``ray-numa`` invocation, wrapped ones too."""
+    from ray_numa.cli import parser
+    calls = [(command, argv) for command in readme_commands() for argv in cli_calls(command)]
+    wrapped = [c for c, _ in calls if not c.startswith(("ray-numa", "eval"))]
+    assert len(wrapped) >= 2, calls          # torchrun and srun
+    for command, argv in calls:
+        try:
+            parser().parse_args(argv)
+        except SystemExit as exc:           # argparse's way to reject (2) or --help (0)
+            assert exc.code == 0, f"ray-numa's parser rejects {argv} in {command!r}"
+
+
+def test_ray_job_submit_commands_parse():
+    """Ray's own ``ray job submit`` command accepts each README one's options, and its
+    runtime_env's ``numa_bind`` is one ray-numa accepts."""
+    from ray.dashboard.modules.job.cli import submit   # ray[default], in [test]
+    from ray_numa.options import parse
+    commands = [c for c in readme_commands() if c.startswith("ray job submit ")]
+    assert len(commands) >= 2, commands
+    for command in commands:
+        ctx = submit.make_context("submit", shlex.split(command)[3:])   # click: raises
+        parse(json.loads(ctx.params["runtime_env_json"])["numa_bind"])
+        assert ctx.params["entrypoint"], command
+
+
 def shell(command):
-    """``command`` as this checkout and interpreter run it."""
+    """``command`` as this checkout and interpreter run it; an ``eval`` of exports
+    prints what it exported."""
     exe = shlex.quote(sys.executable)
     command = re.sub(r"^python3 ", exe + " ", command)
     command = command.replace("ray-numa ", f"{exe} -m ray_numa.cli ")
+    if command.startswith("eval "):
+        command += " && env"
     return command
 
 
@@ -98,7 +161,9 @@ def test_readme_command(command):
         if "[test]" in command:
             assert command in CI, f"{command!r} is not what .ci/run installs with"
         command = command.replace("pip install", "pip install --dry-run")
+    # without the plugin's variables of a shell that ran `eval "$(ray-numa env)"` before
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_RUNTIME_ENV_PLUGIN")}
     proc = subprocess.run(["bash", "-c", shell(command)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
     assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-2000:])
     assert expect in proc.stdout, (command, proc.stdout[-2000:])
