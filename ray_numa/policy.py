@@ -13,6 +13,7 @@ from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, Op
                     Sequence, Tuple, Union)
 
 from .cpusets import format_cpulist
+from .sysfs import nodes_within
 
 if TYPE_CHECKING:   # a worker with a prepared plan (prepared.py) never loads topology
     from .options import BindOptions
@@ -85,10 +86,16 @@ def near_cpu_nodes(topo: Topology, node: int) -> Tuple[Tuple[int, ...], str]:
 
     A node with CPUs is its own. A CPU-less node (HBM, CXL, NVM, a GPU's memory):
     the initiators the kernel names from ACPI HMAT, else the nearest CPU nodes by
-    SLIT distance (GB200's HBM nodes), and where several tie, the CPUs local to the
-    device whose memory it is (an NVIDIA GPU's PCI ``local_cpus``, as hwloc places
-    these nodes). A tie among one socket's nodes is that socket; across sockets,
-    with nothing to break it, ``TIE``.
+    SLIT distance (GB200's HBM nodes), and where several tie, those of them that the
+    device whose memory it is mostly covers (an NVIDIA GPU's PCI ``local_cpus``, as
+    hwloc places these nodes; :func:`~ray_numa.sysfs.nodes_within`). A tie among one
+    socket's nodes binds exactly those nodes, as hwloc's
+    ``fixup_cpuless_node_locality_from_distances`` gives such a node the union of its
+    nearest nodes' CPUs; across sockets, with nothing to break it, ``TIE``.
+
+    hwloc applies the NVIDIA driver's locality first; here it only breaks a SLIT
+    tie, on purpose: the same answer on every dump of hwloc's corpus, and a GPU
+    node with one nearest CPU node (GB200) reads no driver file.
     """
     if topo.nodes[node].cpus:
         return (node,), OWN
@@ -98,12 +105,11 @@ def near_cpu_nodes(topo: Topology, node: int) -> Tuple[Tuple[int, ...], str]:
     near = topo.nearest(node, lambda n: bool(n.cpus))
     if len(near) < 2:
         return near, SLIT
-    local = topo.device_cpus(node)
-    device = tuple(sorted(n for n, v in topo.nodes.items() if v.cpus & local))
+    device = nodes_within(topo.device_locality(node)[0],
+                          {n: v.cpus for n, v in topo.nodes.items()}, among=near)
     if device:
         return device, DEVICE
     sockets = topo.packages_of(near)
-    # the nodes of one socket (NPS4, SNC) are that socket: bind it
     return near, SLIT if len(sockets) == 1 and None not in sockets else TIE
 
 
@@ -309,11 +315,14 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
     notes: List[str] = []
     for t in targets:
         near, how = near_cpu_nodes(topo, t.node)
-        if how in (HMAT, DEVICE):
-            source = "the initiators ACPI HMAT names" if how == HMAT else \
-                "the CPUs local to its GPU (PCI local_cpus)"
-            _note(notes, f"node {t.node} has no CPUs: CPUs of node(s) {_nodes_text(near)}, "
-                  f"{source}")
+        if how in (OWN, TIE) or how == SLIT and len(near) < 2:
+            continue
+        source = {HMAT: "the initiators ACPI HMAT names",
+                  DEVICE: "the CPUs local to its GPU (PCI "
+                          f"{topo.device_locality(t.node)[1] if how == DEVICE else ''})",
+                  SLIT: "all equally near by distance (SLIT), on one socket"}[how]
+        _note(notes, f"node {t.node} has no CPUs: CPUs of node(s) {_nodes_text(near)}, "
+              f"{source}")
     if explicit_cpus:
         wanted = frozenset(options.cpus)
         cpu_nodes = sorted({topo.node_of_cpu(c) for c in wanted} - {None})
@@ -327,8 +336,10 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
         wanted = frozenset().union(*(topo.nodes[n].cpus for n in cpu_nodes))
         cpus = frozenset().union(*(d for _, d in chosen))
     if not cpus:
+        chosen_by = "; ".join(n for n in notes if " has no CPUs: " in n)
         return Skip(f"none of the CPUs chosen for {targets[0].label} "
-                    f"({format_cpulist(wanted) or 'none'}) are allowed to this process "
+                    f"({format_cpulist(wanted) or 'none'}"
+                    f"{': ' + chosen_by if chosen_by else ''}) are allowed to this process "
                     f"(allowed: {format_cpulist(allowed.cpus)})",
                     "widen the container's cpuset / the process affinity, or choose "
                     "a node whose CPUs it allows")

@@ -121,6 +121,78 @@ def test_power9_on_real_dump_nvidiagpunumanodes(on_dump):
         **{n: ("88-103", (8,)) for n in (250, 251, 252)}}
 
 
+def _without_nvml(spec, tmp_path, monkeypatch, name):
+    """The machine ``spec`` with NVML failing to load (nvmlInit: LIBRARY_NOT_FOUND),
+    so ray-numa lists the GPUs from sysfs and the NVIDIA driver's files."""
+    spec = json.loads(json.dumps(spec))
+    spec["nodes"] = {int(k): v for k, v in spec["nodes"].items()}
+    spec["nvml_error"] = "LIBRARY_NOT_FOUND"
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / name)))
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
+@pytest.mark.parametrize("name", ["gh200", "power9-v100"])
+def test_same_plan_with_or_without_nvml(name, on_machine, tmp_path, monkeypatch):
+    """Without NVML the GPU's memory node is the one the driver's numa_status names
+    (NVML's nvmlDeviceGetNumaNodeId answers the same number; hwloc reads the file),
+    and a PCI function without numa_node is placed by its local_cpus (hwloc's
+    hwloc_linux_backend_get_pci_busid_cpuset). Before: GH200 skipped as a single-node
+    machine, POWER9 said the GPU's node was unknown; with NVML both bind."""
+    from ray_numa import gpus
+    from .fixtures.machines import MACHINES
+    on_machine(name)
+    with_nvml = [plan("auto", [g]) for g in (0, 1)[:1 if name == "gh200" else 2]]
+    _without_nvml(MACHINES[name], tmp_path, monkeypatch, name)
+    gpus._discover.cache_clear()
+    assert gpus.discover_gpus()[1].startswith("sysfs")
+    without = [plan("auto", [g]) for g in (0, 1)[:len(with_nvml)]]
+    assert [(cpus_of(p), p.mem_nodes, p.memory) for p in without] == \
+        [(cpus_of(p), p.mem_nodes, p.memory) for p in with_nvml]
+    assert cpus_of(without[0]) == ("0-71" if name == "gh200" else "0-87")
+
+
+def test_pci_numa_node_missing_is_placed_by_local_cpus(on_machine, tmp_path, monkeypatch):
+    """POWER9's PCI functions have no numa_node file, only local_cpus: the GPU's node
+    is the one node its local_cpus holds (here as NVML would not say: an x86-style
+    GPU, no numa_status). Local CPUs that are every CPU place nothing."""
+    from ray_numa import gpus
+    on_machine("mixed")
+    spec = dict(MIXED, gpus=[dict(g, pci_numa_node=None,
+                                  local_cpus=sorted(MIXED["nodes"][1]["cpus"]) if i == 1
+                                  else [c for n in MIXED["nodes"].values() for c in n["cpus"]])
+                             if i in (0, 1) else g for i, g in enumerate(MIXED["gpus"])])
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "mixed")))
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    topo = machine_topology()
+    node_one = format_cpulist(topo.nodes[1].cpus)
+    assert cpus_of(plan("auto", [1])) == node_one
+    d = plan("auto", [0])
+    assert isinstance(d, Skip) and "sysfs numa_node is missing" in d.reason
+    sys_root = Path(str(tmp_path / "mixed")) / "sys"
+    bus = spec["gpus"][0]["bus_id"][4:].lower()
+    assert "local_cpus do not place it" in gpus.pci_numa_node_read(bus, sys_root, topo.nodes)[1]
+
+
+def test_device_tie_breaker_needs_most_of_a_node(on_machine, tmp_path, monkeypatch):
+    """A GPU whose local_cpus are socket 0 plus one CPU of socket 1 (0-88 where the
+    sockets are 0-87 and 88-175) is on socket 0. Before: both sockets were bound,
+    since every node sharing one CPU with local_cpus counted."""
+    from .fixtures.machines import POWER9_V100, _r
+    on_machine("power9-v100")
+    spec = json.loads(json.dumps(POWER9_V100))
+    spec["nodes"] = {int(k): v for k, v in spec["nodes"].items()}
+    spec["gpus"][0]["local_cpus"] = _r(0, 88)
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "p9")))
+    d = plan("auto", [0])
+    assert cpus_of(d) == "0-87" and d.cpu_nodes == (0,) and d.mem_nodes == (0,)
+    spec["gpus"][0]["local_cpus"] = _r(60, 120)          # half of neither: a tie
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "p9b")))
+    from ray_numa import topology
+    topology._cached_topology.cache_clear()
+    d = plan("auto", [0])
+    assert isinstance(d, Skip) and "equally near nodes 0,8" in d.reason
+
+
 # -- 3. Unknown package: socket mode falls back to the node, with a note
 
 def test_unknown_package_socket_mode_is_the_node_with_a_note(on_machine):
@@ -236,5 +308,5 @@ def test_tie_breakers_are_read_only_where_a_tie_needs_them(on_machine):
     on_machine("power9-v100")
     files = files_opened_to_plan("auto", ["3"])
     assert any(f.endswith("/numa_status") for f in files)
-    assert any(f.endswith("0007:00:00.0/local_cpulist") for f in files)
+    assert any(f.endswith("0007:00:00.0/local_cpus") for f in files)
     assert not [f for f in files if "/cpu/cpu" in f and "physical_package_id" not in f]
