@@ -246,6 +246,11 @@ def _memory(topo: Topology, allowed: Allowed, options: BindOptions,
     return memory, mem_nodes, home
 
 
+#: Why "bind" on a one-CPU-node machine with memory-only nodes is not what it seems.
+_ONE_CPU_NODE = ("one NUMA node with CPUs: memory \"bind\" to node %d would cut the worker "
+                 "off memory-only node(s) %s (CXL, NVM)")
+
+
 def _unplaceable(topo: Topology, targets: Sequence[Target],
                  explicit_cpus: bool) -> Optional[Skip]:
     """Why a target has no place on this machine: an unknown or missing node, or a
@@ -280,7 +285,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
     explicit_cpus = not isinstance(options.cpus, str)
     with_cpus = [n for n, v in topo.nodes.items() if v.cpus]
     others: List[int] = []             # memory-only nodes beside the one CPU node
-    leave_memory = False
+    spill = False                      # "bind" would cut off memory-only nodes
     if len(with_cpus) == 1:
         # One node with CPUs: "node" and "socket" have nothing to choose, whatever
         # memory-only nodes (CXL, NVM) exist, and a numa_node of -1 can only mean it;
@@ -297,7 +302,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
                     if others else ""
                 return Skip(f"this machine has a single NUMA node{' with CPUs' if others else ''}"
                             f"{held}; nothing to bind", quiet=True)
-            leave_memory = bool(others)
+            spill = bool(others)
     skip = _unplaceable(topo, targets, explicit_cpus)
     if skip is not None:
         return skip
@@ -348,15 +353,16 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
         notes.append(f"cpuset/affinity allows {len(allowed_here)} of the {len(wanted)} "
                      "CPUs chosen")
 
-    if leave_memory and options.memory != "none":
-        notes.append(f"one NUMA node with CPUs: memory left to the kernel's default policy, "
-                     f"as on a one-node machine (binding it to node {cpu_nodes[0]} would cut "
-                     f"the worker off memory-only node(s) {_nodes_text(others)})")
-        mem: Union[Tuple[str, Tuple[int, ...], Optional[int]], Skip] = ("none", (), None)
-    else:
-        mem = _memory(topo, allowed, options, targets, cpu_nodes, notes)
+    mem = _memory(topo, allowed, options, targets, cpu_nodes, notes)
     if isinstance(mem, Skip):
         return mem
+    if spill and mem[0] == "bind" and not options.strict:
+        mem = ("preferred",) + mem[1:]
+        notes.append(_ONE_CPU_NODE % (cpu_nodes[0], _nodes_text(others)) + ": \"preferred\" "
+                     "instead, which keeps the worker's pages local and lets them spill there")
+    elif spill and mem[0] == "bind":
+        notes.append(_ONE_CPU_NODE % (cpu_nodes[0], _nodes_text(others)) + ": kept, as "
+                     "strict asks (it never weakens a policy); memory: \"preferred\" reaches them")
     memory, mem_nodes, home = mem
     labels = ", ".join(t.label for t in targets)
     reason = f"{labels} -> CPUs of node(s) {_nodes_text(cpu_nodes)}"

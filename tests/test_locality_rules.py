@@ -238,13 +238,24 @@ def test_one_socket_with_cxl_skips_like_one_socket_without(on_machine):
     assert isinstance(plan({"cpus": "socket"}, [1]), Skip)
 
 
-def test_one_socket_with_cxl_split_modes_leave_memory_alone(on_machine):
-    """exclusive still splits the one node (as on a one-node workstation), and memory
-    is left to the kernel's default, which reaches the CXL node when node 0 fills."""
+def test_one_socket_with_cxl_split_modes_keep_the_memory_asked(on_machine):
+    """exclusive still splits the one node (as on a one-node workstation). Memory
+    "bind" becomes "preferred" on the CPU node (local pages, and the CXL node still
+    reached when node 0 fills), with a note; "preferred" and "interleave" are kept as
+    asked; strict keeps "bind" (strict never weakens a policy; BindOptions cannot tell
+    an explicit "bind" from the default). Before: memory "none", whatever was asked,
+    also under strict."""
     on_machine("one-socket-cxl")
     d = plan({"cpus": "exclusive"}, [1])
-    assert cpus_of(d) == "8-15,24-31" and d.memory == "none" and d.mem_nodes == ()
-    assert any("memory-only node(s) 1" in n for n in d.notes)
+    assert cpus_of(d) == "8-15,24-31" and d.memory == "preferred" and d.mem_nodes == (0,)
+    assert any("memory-only node(s) 1" in n and '"preferred" instead' in n for n in d.notes)
+    for memory in ("preferred", "interleave"):
+        kept = plan({"cpus": "core-complex", "memory": memory}, [1])
+        assert kept.memory == memory and kept.mem_nodes == (0,)
+    strict = plan({"cpus": "exclusive", "strict": True}, [1])
+    assert strict.memory == "bind" and strict.mem_nodes == (0,)
+    assert any("kept, as strict asks" in n for n in strict.notes)
+    assert plan({"cpus": "exclusive", "memory": "none"}, [1]).memory == "none"
     explicit = plan(0)                                   # a named node still binds
     assert explicit.mem_nodes == (0,) and explicit.memory == "bind"
 
