@@ -193,6 +193,34 @@ def test_device_tie_breaker_needs_most_of_a_node(on_machine, tmp_path, monkeypat
     assert isinstance(d, Skip) and "equally near nodes 0,8" in d.reason
 
 
+def test_notes_say_which_rule_and_file_chose_the_cpus(on_machine, tmp_path, monkeypatch):
+    """The DEVICE note names the file that placed the GPU (local_cpus, or numa_node
+    where the function has no local_cpus); a cpuset that disallows the CPUs HMAT
+    chose says HMAT chose them. Before: always "(PCI local_cpus)", and a bare "none
+    of the CPUs chosen"."""
+    from ray_numa import topology
+    from .fixtures.machines import POWER9_V100, _r
+    on_machine("power9-v100")
+    spec = json.loads(json.dumps(POWER9_V100))
+    spec["nodes"] = {int(k): v for k, v in spec["nodes"].items()}
+    spec["gpus"] = [dict({k: v for k, v in g.items() if k != "local_cpus"},
+                         pci_numa_node=0 if i < 3 else 8) for i, g in enumerate(spec["gpus"])]
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "p9")))
+    d = plan("auto", [4])
+    assert cpus_of(d) == "88-175"
+    assert any("CPUs local to its GPU (PCI numa_node)" in n for n in d.notes), d.notes
+    hmat = {"nodes": {0: {"cpus": _r(0, 15), "mem_gb": 64}, 1: {"cpus": _r(16, 31), "mem_gb": 64},
+                      2: {"cpus": [], "mem_gb": 128}},
+            "distances": [[10, 21, 24], [21, 10, 24], [24, 24, 10]],
+            "smt": {"cores_per_package": 16, "packages": 2, "threads": 1}, "l3_cores": 8,
+            "initiators": {2: [1]}, "status": {"cpus": "0-15", "mems": "0-2"}, "gpus": []}
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(hmat, tmp_path / "hmat")))
+    topology._cached_topology.cache_clear()
+    skip = plan(2)
+    assert isinstance(skip, Skip) and "16-31: node 2 has no CPUs: CPUs of node(s) 1, the " \
+        "initiators ACPI HMAT names) are allowed" in skip.reason
+
+
 # -- 3. Unknown package: socket mode falls back to the node, with a note
 
 def test_unknown_package_socket_mode_is_the_node_with_a_note(on_machine):
@@ -305,6 +333,8 @@ def test_a_tie_within_one_socket_binds_that_socket(on_machine, tmp_path, monkeyp
     monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "snc2")))
     d = plan(4)
     assert cpus_of(d) == "0-15" and d.cpu_nodes == (0, 1) and d.mem_nodes == (4,)
+    assert any("node 4 has no CPUs: CPUs of node(s) 0-1, all equally near by distance "
+               "(SLIT), on one socket" in n for n in d.notes)      # before: no note
 
 
 def test_tie_breakers_are_read_only_where_a_tie_needs_them(on_machine):
