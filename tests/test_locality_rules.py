@@ -86,6 +86,19 @@ def test_access1_before_access0_on_real_dump_fakememinitiators(on_dump):
     assert topo.initiators(0) == ()                  # a CPU node: empty access1
 
 
+def test_memory_nodes_plans_on_real_dump_fakememinitiators(on_dump):
+    """The plans for the CPU-less nodes of ``fakememinitiators-1np2c+1npp+gi``, whose
+    node CPU sets are in hex ``cpumap`` only (read since w20a). Each matches the
+    cpuset of the memory node's parent in hwloc 2.9's lstopo
+    (``HWLOC_COMPONENTS=linux,stop HWLOC_FSROOT=<dump> lstopo --of xml -``):
+    5 under 0x3, 6 under 0x30, 7 under 0x33, 8 under 0xc, 9 under 0xc0, 10 under 0xcc."""
+    on_dump("fakememinitiators-1np2c+1npp+gi")
+    got = {n: plan(n) for n in (5, 6, 7, 8, 9, 10)}
+    assert {n: cpus_of(d) for n, d in got.items()} == {
+        5: "0-1", 6: "4-5", 7: "0-1,4-5", 8: "2-3", 9: "6-7", 10: "2-3,6-7"}
+    assert all(d.mem_nodes == (n,) for n, d in got.items())
+
+
 # -- 2. A GPU whose NVML node has no CPUs: its own PCI locality; host memory there
 
 def test_power9_gpu_memory_node_binds_to_the_gpus_own_socket(on_machine):
