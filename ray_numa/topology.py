@@ -372,13 +372,20 @@ _open_logs: List[List[str]] = []
 _hook_installed = False
 
 
+#: The audit events of a read of the filesystem: a file, or a directory's entries
+#: (``os.listdir``; ``os.scandir``, which ``Path.iterdir``/``glob`` use).
+_READ_EVENTS = ("open", "os.listdir", "os.scandir")
+
+
 def _audit_open(event: str, args: Tuple[Any, ...]) -> None:
-    if event == "open" and _open_logs and args and isinstance(args[0], (str, bytes, Path)):
+    if event in _READ_EVENTS and _open_logs and args and \
+            isinstance(args[0], (str, bytes, Path)):
         _open_logs[-1].append(os.fsdecode(args[0]))
 
 
 def opened_files(fn: Callable[[], Any]) -> Tuple[Any, List[str]]:
-    """Run ``fn`` and list the files it opened (``sys.addaudithook`` "open" events).
+    """Run ``fn`` and list the files and directories it read (``sys.addaudithook``
+    "open", "os.listdir" and "os.scandir" events).
 
     A count, not a time: the benchmark and the tests use it to keep binding cheap on
     big machines without timing noise. The hook is installed once per process and
