@@ -168,7 +168,9 @@ def _mode_cpus(topo: Topology, allowed: Allowed, options: BindOptions, target: T
     split, so a cpuset that leaves a few cores per node still gives every GPU some.
     A mode whose facts sysfs lacks falls back, with a note in the record: "socket"
     without package ids (-1 on POWER7) to "node", "core-complex" without cache
-    information (VMs) to "exclusive".
+    information (VMs) to "exclusive". torch's ``torch/numa/binding.py`` does
+    neither: it reads -1 as a socket, so socket mode binds every such node, and its
+    core-complex raises FileNotFoundError listing a missing ``cpuN/cache``.
     """
     mode = options.cpus
     nodes = cpu_nodes_for(topo, target.node)
