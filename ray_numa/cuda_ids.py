@@ -40,7 +40,9 @@ class Gpu(namedtuple("Gpu", "index bus_id uuid name compute_capability nvml_numa
     uuid: str                       # default ""
     name: str                       # default ""
     compute_capability: Tuple[int, int]   # default (0, 0)
-    nvml_numa_node: Optional[int]   # NVML's own answer, if it has one; default None
+    #: NVML's own answer, if it has one (without NVML: the node the driver's
+    #: numa_status names, the same number); default None
+    nvml_numa_node: Optional[int]
     mig_uuids: Tuple[str, ...]      # default ()
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Collection, List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from . import environment
 from .cuda_ids import Gpu
-from .sysfs import read_int, read_sysfs
+from .sysfs import driver_numa_node, nodes_within, read_cpus, read_int, read_sysfs
 
 NVIDIA_VENDOR = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers: NVIDIA's GPUs
@@ -181,6 +181,9 @@ def sysfs_gpus(sys_root: Path, root: Path) -> Tuple[List[Gpu], List[str]]:
     sysfs shows every GPU of the machine whatever the device cgroup allows, so each
     is counted only where :func:`_opens` says it opens (driver files under ``root``);
     where that cannot be told, it is left out with the reason, never guessed in.
+    A GPU's memory node (GH200, POWER9 + V100) is the one the driver names in
+    ``numa_status``, which is NVML's ``nvmlDeviceGetNumaNodeId`` answer, so a machine
+    gets the same plan whether NVML loads or not.
     """
     found, left_out = [], []
     for bus in _nvidia_buses(sys_root):
@@ -189,7 +192,10 @@ def sysfs_gpus(sys_root: Path, root: Path) -> Tuple[List[Gpu], List[str]]:
             found.append(bus)
         else:
             left_out.append(why)
-    return [Gpu(index=i, bus_id=b) for i, b in enumerate(found)], left_out
+    status = root / "proc/driver/nvidia/gpus"
+    return [Gpu(index=i, bus_id=b,
+                nvml_numa_node=driver_numa_node(read_sysfs(status / b / "numa_status")))
+            for i, b in enumerate(found)], left_out
 
 
 def machine_gpus(gpus: Sequence[Gpu], sys_root: Path) -> List[Gpu]:
@@ -262,37 +268,58 @@ def discover_gpus() -> Tuple[Tuple[Gpu, ...], str]:
     return _discover(os.environ.get(environment.FIXTURE_ENV))
 
 
-def pci_numa_node_read(bus_id: str, sys_root: Path) -> Tuple[Optional[int], str]:
+def pci_numa_node_read(bus_id: str, sys_root: Path,
+                       nodes: Optional[Mapping[int, Any]] = None) -> Tuple[Optional[int], str]:
     """sysfs ``numa_node`` of a PCI function, and why there is none: "" when there is
     one; else whether the file is missing (a kernel without NUMA, a device that is not
     there), says -1 (the firmware's ACPI tables give the device no proximity) or holds
     no number. NULs and whitespace are ignored, as hwloc reads it
-    (``hwloc_linuxfs_read_osdev_numa_node`` in hwloc/topology-linux.c)."""
-    path = sys_root / "bus/pci/devices" / bus_id / "numa_node"
-    text = read_sysfs(path)
-    if text is None:
-        return None, f"{bus_id} has no sysfs numa_node"
+    (``hwloc_linuxfs_read_osdev_numa_node`` in hwloc/topology-linux.c).
+
+    Where it has none and ``nodes`` (the topology's, id -> node with ``cpus``) are
+    given, the one node the function's ``local_cpus`` (else ``local_cpulist``) holds
+    (:func:`~ray_numa.sysfs.nodes_within`): hwloc places every PCI device by
+    ``local_cpus`` (``hwloc_linux_backend_get_pci_busid_cpuset``), and POWER9's GPUs
+    have no ``numa_node`` file at all. Read only for such a function, so a machine
+    whose firmware places its devices opens nothing more.
+    """
+    device = sys_root / "bus/pci/devices" / bus_id
+    text = read_sysfs(device / "numa_node")
     value = read_int(text)
-    if value is None:
-        return None, f"{bus_id}'s sysfs numa_node is not a number ({text.strip()[:20]!r})"
-    if value < 0:
-        return None, f"{bus_id}'s sysfs numa_node is {value} (firmware gave none)"
-    return value, ""
+    if value is not None and value >= 0:
+        return value, ""
+    if text is None:
+        why = f"{bus_id} has no sysfs numa_node"
+    elif value is None:
+        why = f"{bus_id}'s sysfs numa_node is not a number ({text.strip()[:20]!r})"
+    else:
+        why = f"{bus_id}'s sysfs numa_node is {value} (firmware gave none)"
+    if nodes is None:
+        return None, why
+    local = read_cpus([], device, "local_cpus", "local_cpulist")
+    found = nodes_within(local, {n: v.cpus for n, v in nodes.items()})
+    if len(found) == 1:
+        return found[0], ""
+    where = (f"its local_cpus hold nodes {','.join(map(str, found))}" if found else
+             "its local_cpus do not place it (missing, or every CPU)")
+    return None, f"{why}, and {where}"
 
 
-def pci_numa_node(bus_id: str, sys_root: Path) -> Optional[int]:
-    """sysfs ``numa_node`` of a PCI function; None when it has none
-    (:func:`pci_numa_node_read` says why)."""
-    return pci_numa_node_read(bus_id, sys_root)[0]
+def pci_numa_node(bus_id: str, sys_root: Path,
+                  nodes: Optional[Mapping[int, Any]] = None) -> Optional[int]:
+    """sysfs ``numa_node`` of a PCI function (else its ``local_cpus``' node where
+    ``nodes`` are given); None when it has none (:func:`pci_numa_node_read` says why)."""
+    return pci_numa_node_read(bus_id, sys_root, nodes)[0]
 
 
 def gpu_numa_node(gpu: Gpu, sys_root: Path,
-                  online: Optional[Collection[int]] = None) -> Optional[int]:
+                  nodes: Optional[Mapping[int, Any]] = None) -> Optional[int]:
     """NVML's node for the GPU (GPU memory nodes on Grace systems), else sysfs's.
 
-    An NVML answer that is not an online node of the topology (``online``; firmware
-    or driver quirks) is not trusted: the PCI device's sysfs ``numa_node`` is used.
+    An NVML answer that is not an online node of the topology (``nodes``: id -> node
+    with ``cpus``; firmware or driver quirks) is not trusted: the PCI device's sysfs
+    ``numa_node`` is used, else its ``local_cpus`` (:func:`pci_numa_node_read`).
     """
-    if gpu.nvml_numa_node is not None and (online is None or gpu.nvml_numa_node in online):
+    if gpu.nvml_numa_node is not None and (nodes is None or gpu.nvml_numa_node in nodes):
         return gpu.nvml_numa_node
-    return pci_numa_node(gpu.bus_id, sys_root)
+    return pci_numa_node(gpu.bus_id, sys_root, nodes)

@@ -13,6 +13,7 @@ from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, Op
                     Sequence, Tuple, Union)
 
 from .cpusets import format_cpulist
+from .sysfs import nodes_within
 
 if TYPE_CHECKING:   # a worker with a prepared plan (prepared.py) never loads topology
     from .options import BindOptions
@@ -85,10 +86,16 @@ def near_cpu_nodes(topo: Topology, node: int) -> Tuple[Tuple[int, ...], str]:
 
     A node with CPUs is its own. A CPU-less node (HBM, CXL, NVM, a GPU's memory):
     the initiators the kernel names from ACPI HMAT, else the nearest CPU nodes by
-    SLIT distance (GB200's HBM nodes), and where several tie, the CPUs local to the
-    device whose memory it is (an NVIDIA GPU's PCI ``local_cpus``, as hwloc places
-    these nodes). A tie among one socket's nodes is that socket; across sockets,
-    with nothing to break it, ``TIE``.
+    SLIT distance (GB200's HBM nodes), and where several tie, those of them that the
+    device whose memory it is mostly covers (an NVIDIA GPU's PCI ``local_cpus``, as
+    hwloc places these nodes; :func:`~ray_numa.sysfs.nodes_within`). A tie among one
+    socket's nodes binds exactly those nodes, as hwloc's
+    ``fixup_cpuless_node_locality_from_distances`` gives such a node the union of its
+    nearest nodes' CPUs; across sockets, with nothing to break it, ``TIE``.
+
+    hwloc applies the NVIDIA driver's locality first; here it only breaks a SLIT
+    tie, on purpose: the same answer on every dump of hwloc's corpus, and a GPU
+    node with one nearest CPU node (GB200) reads no driver file.
     """
     if topo.nodes[node].cpus:
         return (node,), OWN
@@ -98,12 +105,11 @@ def near_cpu_nodes(topo: Topology, node: int) -> Tuple[Tuple[int, ...], str]:
     near = topo.nearest(node, lambda n: bool(n.cpus))
     if len(near) < 2:
         return near, SLIT
-    local = topo.device_cpus(node)
-    device = tuple(sorted(n for n, v in topo.nodes.items() if v.cpus & local))
+    device = nodes_within(topo.device_locality(node)[0],
+                          {n: v.cpus for n, v in topo.nodes.items()}, among=near)
     if device:
         return device, DEVICE
     sockets = topo.packages_of(near)
-    # the nodes of one socket (NPS4, SNC) are that socket: bind it
     return near, SLIT if len(sockets) == 1 and None not in sockets else TIE
 
 
@@ -162,7 +168,9 @@ def _mode_cpus(topo: Topology, allowed: Allowed, options: BindOptions, target: T
     split, so a cpuset that leaves a few cores per node still gives every GPU some.
     A mode whose facts sysfs lacks falls back, with a note in the record: "socket"
     without package ids (-1 on POWER7) to "node", "core-complex" without cache
-    information (VMs) to "exclusive".
+    information (VMs) to "exclusive". torch's ``torch/numa/binding.py`` does
+    neither: it reads -1 as a socket, so socket mode binds every such node, and its
+    core-complex raises FileNotFoundError listing a missing ``cpuN/cache``.
     """
     mode = options.cpus
     nodes = cpu_nodes_for(topo, target.node)
@@ -240,6 +248,11 @@ def _memory(topo: Topology, allowed: Allowed, options: BindOptions,
     return memory, mem_nodes, home
 
 
+#: Why "bind" on a one-CPU-node machine with memory-only nodes is not what it seems.
+_ONE_CPU_NODE = ("one NUMA node with CPUs: memory \"bind\" to node %d would cut the worker "
+                 "off memory-only node(s) %s (CXL, NVM)")
+
+
 def _unplaceable(topo: Topology, targets: Sequence[Target],
                  explicit_cpus: bool) -> Optional[Skip]:
     """Why a target has no place on this machine: an unknown or missing node, or a
@@ -274,7 +287,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
     explicit_cpus = not isinstance(options.cpus, str)
     with_cpus = [n for n, v in topo.nodes.items() if v.cpus]
     others: List[int] = []             # memory-only nodes beside the one CPU node
-    leave_memory = False
+    spill = False                      # "bind" would cut off memory-only nodes
     if len(with_cpus) == 1:
         # One node with CPUs: "node" and "socket" have nothing to choose, whatever
         # memory-only nodes (CXL, NVM) exist, and a numa_node of -1 can only mean it;
@@ -291,7 +304,7 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
                     if others else ""
                 return Skip(f"this machine has a single NUMA node{' with CPUs' if others else ''}"
                             f"{held}; nothing to bind", quiet=True)
-            leave_memory = bool(others)
+            spill = bool(others)
     skip = _unplaceable(topo, targets, explicit_cpus)
     if skip is not None:
         return skip
@@ -309,11 +322,14 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
     notes: List[str] = []
     for t in targets:
         near, how = near_cpu_nodes(topo, t.node)
-        if how in (HMAT, DEVICE):
-            source = "the initiators ACPI HMAT names" if how == HMAT else \
-                "the CPUs local to its GPU (PCI local_cpus)"
-            _note(notes, f"node {t.node} has no CPUs: CPUs of node(s) {_nodes_text(near)}, "
-                  f"{source}")
+        if how in (OWN, TIE) or how == SLIT and len(near) < 2:
+            continue
+        source = {HMAT: "the initiators ACPI HMAT names",
+                  DEVICE: "the CPUs local to its GPU (PCI "
+                          f"{topo.device_locality(t.node)[1] if how == DEVICE else ''})",
+                  SLIT: "all equally near by distance (SLIT), on one socket"}[how]
+        _note(notes, f"node {t.node} has no CPUs: CPUs of node(s) {_nodes_text(near)}, "
+              f"{source}")
     if explicit_cpus:
         wanted = frozenset(options.cpus)
         cpu_nodes = sorted({topo.node_of_cpu(c) for c in wanted} - {None})
@@ -327,8 +343,10 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
         wanted = frozenset().union(*(topo.nodes[n].cpus for n in cpu_nodes))
         cpus = frozenset().union(*(d for _, d in chosen))
     if not cpus:
+        chosen_by = "; ".join(n for n in notes if " has no CPUs: " in n)
         return Skip(f"none of the CPUs chosen for {targets[0].label} "
-                    f"({format_cpulist(wanted) or 'none'}) are allowed to this process "
+                    f"({format_cpulist(wanted) or 'none'}"
+                    f"{': ' + chosen_by if chosen_by else ''}) are allowed to this process "
                     f"(allowed: {format_cpulist(allowed.cpus)})",
                     "widen the container's cpuset / the process affinity, or choose "
                     "a node whose CPUs it allows")
@@ -337,15 +355,16 @@ def decide(topo: Topology, allowed: Allowed, options: BindOptions, targets: Sequ
         notes.append(f"cpuset/affinity allows {len(allowed_here)} of the {len(wanted)} "
                      "CPUs chosen")
 
-    if leave_memory and options.memory != "none":
-        notes.append(f"one NUMA node with CPUs: memory left to the kernel's default policy, "
-                     f"as on a one-node machine (binding it to node {cpu_nodes[0]} would cut "
-                     f"the worker off memory-only node(s) {_nodes_text(others)})")
-        mem: Union[Tuple[str, Tuple[int, ...], Optional[int]], Skip] = ("none", (), None)
-    else:
-        mem = _memory(topo, allowed, options, targets, cpu_nodes, notes)
+    mem = _memory(topo, allowed, options, targets, cpu_nodes, notes)
     if isinstance(mem, Skip):
         return mem
+    if spill and mem[0] == "bind" and not options.strict:
+        mem = ("preferred",) + mem[1:]
+        notes.append(_ONE_CPU_NODE % (cpu_nodes[0], _nodes_text(others)) + ": \"preferred\" "
+                     "instead, which keeps the worker's pages local and lets them spill there")
+    elif spill and mem[0] == "bind":
+        notes.append(_ONE_CPU_NODE % (cpu_nodes[0], _nodes_text(others)) + ": kept, as "
+                     "strict asks (it never weakens a policy); memory: \"preferred\" reaches them")
     memory, mem_nodes, home = mem
     labels = ", ".join(t.label for t in targets)
     reason = f"{labels} -> CPUs of node(s) {_nodes_text(cpu_nodes)}"

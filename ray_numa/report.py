@@ -64,8 +64,8 @@ def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
                                "name": gpu.name, "numa_node": node,
                                "mig": list(gpu.mig_uuids), "plan": plan})
         if node is None:    # say why: no file, -1 or garbage are different fixes
-            report["gpus"][-1]["numa_node_unknown"] = pci_numa_node_read(gpu.bus_id,
-                                                                         sys_root)[1]
+            report["gpus"][-1]["numa_node_unknown"] = pci_numa_node_read(
+                gpu.bus_id, sys_root, topo.nodes)[1]
     # last: planning reads per-CPU files, which may add to what sysfs did not answer
     report["sysfs_problems"] = list(topo.problems)
     return report

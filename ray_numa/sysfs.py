@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import string
 from pathlib import Path
-from typing import FrozenSet, List, Optional
+from typing import FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 #: Above any CPU or node id a kernel has (NR_CPUS is at most 8192, x86's MAXSMP): a
 #: larger one in a sysfs file is garbage, and a range up to it would fill memory.
@@ -124,3 +124,31 @@ def numbered(directory: Path, prefix: str) -> List[int]:
         return []
     found = (n[len(prefix):] for n in names if n.startswith(prefix))
     return sorted(int(n) for n in found if is_decimal(n) and int(n) <= MAX_ID)
+
+
+def driver_numa_node(text: Optional[str]) -> Optional[int]:
+    """The GPU memory node the NVIDIA driver names in
+    ``/proc/driver/nvidia/gpus/<bus>/numa_status`` ("Node: 255"), which is what NVML's
+    ``nvmlDeviceGetNumaNodeId`` answers; None where it names none (no file, -1, garbage).
+    Read as hwloc reads it (``topology-linux.c``, NVIDIA GPU NUMA nodes)."""
+    words = (text or "").partition("Node:")[2].split()
+    value = read_int(words[0]) if words else None
+    return value if value is not None and value >= 0 else None
+
+
+def nodes_within(local: Optional[FrozenSet[int]], node_cpus: Mapping[int, FrozenSet[int]],
+                 among: Optional[Iterable[int]] = None) -> Tuple[int, ...]:
+    """The nodes (of ``among``, default all) that a device's ``local_cpus`` holds at
+    least half of: where the device sits. Empty where ``local`` says nothing: missing,
+    empty, or every CPU of the machine (a bus the firmware did not place).
+
+    Touching one CPU of a node is not enough: a ``local_cpus`` of 0-88 on a machine
+    whose sockets are 0-87 and 88-175 is socket 0, not both. hwloc places a PCI
+    device by ``local_cpus`` (``hwloc_linux_backend_get_pci_busid_cpuset``) under the
+    smallest object holding it; ray-numa binds whole nodes, so the nodes it mostly covers.
+    """
+    every = frozenset().union(*node_cpus.values())
+    if not local or not every or every <= local:
+        return ()
+    return tuple(sorted(n for n in (node_cpus if among is None else among)
+                        if node_cpus.get(n) and 2 * len(node_cpus[n] & local) >= len(node_cpus[n])))

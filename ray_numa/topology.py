@@ -16,7 +16,8 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opt
 
 from . import environment
 from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits
-from .sysfs import is_decimal, not_read, numbered, read_cpus, read_int, read_sysfs, sysfs_list
+from .sysfs import (driver_numa_node, is_decimal, not_read, numbered, read_cpus, read_int,
+                    read_sysfs, sysfs_list)
 
 
 class NumaNode(namedtuple("NumaNode", "id cpus mem_kb distances")):
@@ -127,21 +128,22 @@ class Topology:
         return self._fact("initiators", node, lambda: read(
             f"sys/devices/system/node/node{node}"))
 
-    def device_cpus(self, node: int) -> FrozenSet[int]:
-        """For an NVIDIA GPU's memory node, the CPUs local to that GPU; else empty.
+    def device_locality(self, node: int) -> Tuple[FrozenSet[int], str]:
+        """For an NVIDIA GPU's memory node, the CPUs local to that GPU and the file
+        that said so (``local_cpus``, ``local_cpulist`` or ``numa_node``); else
+        (empty, "").
 
         hwloc's rule (``topology-linux.c``, NVIDIA GPU NUMA nodes): the driver names
         the node in ``/proc/driver/nvidia/gpus/<bus>/numa_status`` ("Node: N"), and
         the GPU's PCI ``local_cpus`` is the node's locality. Read only where SLIT
         leaves a tie (POWER9 + V100: nodes 250-255 equally far from both sockets).
         """
-        def read() -> FrozenSet[int]:
+        def read() -> Tuple[FrozenSet[int], str]:
             for bus in sorted(self._listdir("proc/driver/nvidia/gpus") or ()):
-                status = self._text(f"proc/driver/nvidia/gpus/{bus}/numa_status") or ""
-                _, found, rest = status.partition("Node:")
-                if found and rest.split()[:1] == [str(node)]:
+                status = self._text(f"proc/driver/nvidia/gpus/{bus}/numa_status")
+                if driver_numa_node(status) == node:
                     return self._pci_cpus(bus)
-            return frozenset()
+            return frozenset(), ""
         return self._fact("device", node, read)
 
     def pci_attr(self, bus_id: str, name: str) -> Optional[str]:
@@ -149,17 +151,18 @@ class Topology:
         when the file is missing or unreadable."""
         return self._text(f"sys/bus/pci/devices/{bus_id}/{name}")
 
-    def _pci_cpus(self, bus_id: str) -> FrozenSet[int]:
-        """CPUs local to a PCI function: ``local_cpulist``, its hex twin
-        ``local_cpus``, else the CPUs of its ``numa_node``."""
+    def _pci_cpus(self, bus_id: str) -> Tuple[FrozenSet[int], str]:
+        """CPUs local to a PCI function and where from: ``local_cpus`` (what hwloc
+        reads), its list twin ``local_cpulist``, else the CPUs of its ``numa_node``."""
         device = (self.cpu_root.parents[3] / "sys/bus/pci/devices" / bus_id
                   if self.cpu_root else None)
-        listed = (read_cpus(self.problems, device, "local_cpulist", "local_cpus")
-                  if device is not None else None)
-        if listed:
-            return listed
+        for name in ("local_cpus", "local_cpulist"):
+            listed = read_cpus(self.problems, device, name) if device is not None else None
+            if listed:
+                return listed, name
         node = read_int(self.pci_attr(bus_id, "numa_node"))
-        return self.nodes[node].cpus if node in self.nodes else frozenset()
+        return (self.nodes[node].cpus, "numa_node") if node in self.nodes \
+            else (frozenset(), "")
 
     def _fact(self, kind: str, key: int, read: Callable[[], Any]) -> Any:
         """``read()``'s answer about a node, read once."""
@@ -369,13 +372,20 @@ _open_logs: List[List[str]] = []
 _hook_installed = False
 
 
+#: The audit events of a read of the filesystem: a file, or a directory's entries
+#: (``os.listdir``; ``os.scandir``, which ``Path.iterdir``/``glob`` use).
+_READ_EVENTS = ("open", "os.listdir", "os.scandir")
+
+
 def _audit_open(event: str, args: Tuple[Any, ...]) -> None:
-    if event == "open" and _open_logs and args and isinstance(args[0], (str, bytes, Path)):
+    if event in _READ_EVENTS and _open_logs and args and \
+            isinstance(args[0], (str, bytes, Path)):
         _open_logs[-1].append(os.fsdecode(args[0]))
 
 
 def opened_files(fn: Callable[[], Any]) -> Tuple[Any, List[str]]:
-    """Run ``fn`` and list the files it opened (``sys.addaudithook`` "open" events).
+    """Run ``fn`` and list the files and directories it read (``sys.addaudithook``
+    "open", "os.listdir" and "os.scandir" events).
 
     A count, not a time: the benchmark and the tests use it to keep binding cheap on
     big machines without timing noise. The hook is installed once per process and

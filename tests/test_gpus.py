@@ -9,6 +9,7 @@ from ray_numa.fake_nvml import FakeNvml
 from ray_numa.cuda_ids import (GpuResolutionError, cuda_enumeration, parse_visible,
                                resolve_visible, visible_entry)
 from ray_numa.gpus import gpu_numa_node, normalize_bus_id
+from ray_numa.topology import read_topology
 
 
 def _machine(on_machine, name):
@@ -150,7 +151,8 @@ def test_visible_devices_resolution_like_torch(on_machine):
 def test_nvml_node_that_is_not_online_falls_back_to_sysfs(machine_tree):
     root = machine_tree("gb200")
     gpu = gpus.Gpu(index=0, bus_id="0000:01:00.0", nvml_numa_node=40)
-    assert gpu_numa_node(gpu, root / "sys", online=range(34)) == 0     # PCI numa_node
+    nodes = read_topology(root / "sys").nodes
+    assert 40 not in nodes and gpu_numa_node(gpu, root / "sys", nodes) == 0   # PCI numa_node
     assert gpu_numa_node(gpu, root / "sys") == 40       # no topology given: NVML's
 
 

@@ -70,16 +70,6 @@ DIFFERENCES: Dict[Tuple[str, str], str] = {
         "NODE_CPUSETS (its own test sets it), ray-numa reads each node's list",
     ("fakeheterocpunuma", "sockets"):
         "hand-edited (see node CPUs): CPUs 4-7 are in no node, so no node's socket binds them",
-    ("2pa-pcidomain32bits", "PCI locality"):
-        "numa_node is -1 on every device; hwloc places them by local_cpus (cpu 0, while "
-        "local_cpulist says 0-1) and drops the 32-bit domain 10000; ray-numa: node "
-        "unknown (issue 20 item 4: the device's local_cpus where numa_node has none)",
-    ("32em64t-2n8c+dax+nvme+mic+dimms", "PCI locality"):
-        "0000:00:02.0 has numa_node -1 and local_cpus 0-3: hwloc places it on node 0, "
-        "ray-numa calls its node unknown (issue 20 item 4: local_cpus)",
-    ("nvidiagpunumanodes", "PCI locality"):
-        "POWER9: the PCI devices have no numa_node file, only local_cpus (a socket): "
-        "ray-numa calls the node unknown (issue 20 item 4: local_cpus)",
     ("40intel64-2g2n4c+pcilocality", "PCI locality"):
         "0000:43:00.0 says numa_node 2, its host bridge's local_cpus say every CPU: hwloc "
         "places a PCI tree by its host bridge (its own test forces the locality with "
@@ -206,14 +196,18 @@ def node_cpus(dump: Dump) -> List[str]:
 
 
 def pci_locality(dump: Dump) -> List[str]:
+    """The node of each PCI device: hwloc's place for it (its ``local_cpus``) is our
+    node's CPUs, or inside them (ray-numa binds whole nodes; hwloc may place a device
+    under a part of one); both say "nowhere" alike (ours None, hwloc the machine)."""
     topo, _ = ours(dump)
     hw = dump.hwloc
     out = []
     for bus_id, where in sorted(hw.pci.items()):
-        node = pci_numa_node(bus_id, dump.root / "sys")
+        node = pci_numa_node(bus_id, dump.root / "sys", topo.nodes)
         mine = topo.nodes[node].cpus if node in topo.nodes else None
         theirs = where & hw.online
-        if not (mine == theirs or (mine is None and theirs == hw.online)):
+        if not (mine == theirs or (mine is None and theirs == hw.online)
+                or (mine is not None and theirs and theirs < mine)):
             out.append(f"{bus_id}: ours node {node} ({_show(mine)}), hwloc {_show(theirs)}")
     return out
 

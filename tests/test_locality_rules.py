@@ -86,6 +86,19 @@ def test_access1_before_access0_on_real_dump_fakememinitiators(on_dump):
     assert topo.initiators(0) == ()                  # a CPU node: empty access1
 
 
+def test_memory_nodes_plans_on_real_dump_fakememinitiators(on_dump):
+    """The plans for the CPU-less nodes of ``fakememinitiators-1np2c+1npp+gi``, whose
+    node CPU sets are in hex ``cpumap`` only (read since w20a). Each matches the
+    cpuset of the memory node's parent in hwloc 2.9's lstopo
+    (``HWLOC_COMPONENTS=linux,stop HWLOC_FSROOT=<dump> lstopo --of xml -``):
+    5 under 0x3, 6 under 0x30, 7 under 0x33, 8 under 0xc, 9 under 0xc0, 10 under 0xcc."""
+    on_dump("fakememinitiators-1np2c+1npp+gi")
+    got = {n: plan(n) for n in (5, 6, 7, 8, 9, 10)}
+    assert {n: cpus_of(d) for n, d in got.items()} == {
+        5: "0-1", 6: "4-5", 7: "0-1,4-5", 8: "2-3", 9: "6-7", 10: "2-3,6-7"}
+    assert all(d.mem_nodes == (n,) for n, d in got.items())
+
+
 # -- 2. A GPU whose NVML node has no CPUs: its own PCI locality; host memory there
 
 def test_power9_gpu_memory_node_binds_to_the_gpus_own_socket(on_machine):
@@ -119,6 +132,106 @@ def test_power9_on_real_dump_nvidiagpunumanodes(on_dump):
     assert {n: (cpus_of(p), p.mem_nodes) for n, p in got.items()} == {
         **{n: ("0-15", (0,)) for n in (253, 254, 255)},
         **{n: ("88-103", (8,)) for n in (250, 251, 252)}}
+
+
+def _without_nvml(spec, tmp_path, monkeypatch, name):
+    """The machine ``spec`` with NVML failing to load (nvmlInit: LIBRARY_NOT_FOUND),
+    so ray-numa lists the GPUs from sysfs and the NVIDIA driver's files."""
+    spec = json.loads(json.dumps(spec))
+    spec["nodes"] = {int(k): v for k, v in spec["nodes"].items()}
+    spec["nvml_error"] = "LIBRARY_NOT_FOUND"
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / name)))
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
+@pytest.mark.parametrize("name", ["gh200", "power9-v100"])
+def test_same_plan_with_or_without_nvml(name, on_machine, tmp_path, monkeypatch):
+    """Without NVML the GPU's memory node is the one the driver's numa_status names
+    (NVML's nvmlDeviceGetNumaNodeId answers the same number; hwloc reads the file),
+    and a PCI function without numa_node is placed by its local_cpus (hwloc's
+    hwloc_linux_backend_get_pci_busid_cpuset). Before: GH200 skipped as a single-node
+    machine, POWER9 said the GPU's node was unknown; with NVML both bind."""
+    from ray_numa import gpus
+    from .fixtures.machines import MACHINES
+    on_machine(name)
+    with_nvml = [plan("auto", [g]) for g in (0, 1)[:1 if name == "gh200" else 2]]
+    _without_nvml(MACHINES[name], tmp_path, monkeypatch, name)
+    gpus._discover.cache_clear()
+    assert gpus.discover_gpus()[1].startswith("sysfs")
+    without = [plan("auto", [g]) for g in (0, 1)[:len(with_nvml)]]
+    assert [(cpus_of(p), p.mem_nodes, p.memory) for p in without] == \
+        [(cpus_of(p), p.mem_nodes, p.memory) for p in with_nvml]
+    assert cpus_of(without[0]) == ("0-71" if name == "gh200" else "0-87")
+
+
+def test_pci_numa_node_missing_is_placed_by_local_cpus(on_machine, tmp_path, monkeypatch):
+    """POWER9's PCI functions have no numa_node file, only local_cpus: the GPU's node
+    is the one node its local_cpus holds (here as NVML would not say: an x86-style
+    GPU, no numa_status). Local CPUs that are every CPU place nothing."""
+    from ray_numa import gpus
+    on_machine("mixed")
+    spec = dict(MIXED, gpus=[dict(g, pci_numa_node=None,
+                                  local_cpus=sorted(MIXED["nodes"][1]["cpus"]) if i == 1
+                                  else [c for n in MIXED["nodes"].values() for c in n["cpus"]])
+                             if i in (0, 1) else g for i, g in enumerate(MIXED["gpus"])])
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "mixed")))
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    topo = machine_topology()
+    node_one = format_cpulist(topo.nodes[1].cpus)
+    assert cpus_of(plan("auto", [1])) == node_one
+    d = plan("auto", [0])
+    assert isinstance(d, Skip) and "sysfs numa_node is missing" in d.reason
+    sys_root = Path(str(tmp_path / "mixed")) / "sys"
+    bus = spec["gpus"][0]["bus_id"][4:].lower()
+    assert "local_cpus do not place it" in gpus.pci_numa_node_read(bus, sys_root, topo.nodes)[1]
+
+
+def test_device_tie_breaker_needs_most_of_a_node(on_machine, tmp_path, monkeypatch):
+    """A GPU whose local_cpus are socket 0 plus one CPU of socket 1 (0-88 where the
+    sockets are 0-87 and 88-175) is on socket 0. Before: both sockets were bound,
+    since every node sharing one CPU with local_cpus counted."""
+    from .fixtures.machines import POWER9_V100, _r
+    on_machine("power9-v100")
+    spec = json.loads(json.dumps(POWER9_V100))
+    spec["nodes"] = {int(k): v for k, v in spec["nodes"].items()}
+    spec["gpus"][0]["local_cpus"] = _r(0, 88)
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "p9")))
+    d = plan("auto", [0])
+    assert cpus_of(d) == "0-87" and d.cpu_nodes == (0,) and d.mem_nodes == (0,)
+    spec["gpus"][0]["local_cpus"] = _r(60, 120)          # half of neither: a tie
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "p9b")))
+    from ray_numa import topology
+    topology._cached_topology.cache_clear()
+    d = plan("auto", [0])
+    assert isinstance(d, Skip) and "equally near nodes 0,8" in d.reason
+
+
+def test_notes_say_which_rule_and_file_chose_the_cpus(on_machine, tmp_path, monkeypatch):
+    """The DEVICE note names the file that placed the GPU (local_cpus, or numa_node
+    where the function has no local_cpus); a cpuset that disallows the CPUs HMAT
+    chose says HMAT chose them. Before: always "(PCI local_cpus)", and a bare "none
+    of the CPUs chosen"."""
+    from ray_numa import topology
+    from .fixtures.machines import POWER9_V100, _r
+    on_machine("power9-v100")
+    spec = json.loads(json.dumps(POWER9_V100))
+    spec["nodes"] = {int(k): v for k, v in spec["nodes"].items()}
+    spec["gpus"] = [dict({k: v for k, v in g.items() if k != "local_cpus"},
+                         pci_numa_node=0 if i < 3 else 8) for i, g in enumerate(spec["gpus"])]
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "p9")))
+    d = plan("auto", [4])
+    assert cpus_of(d) == "88-175"
+    assert any("CPUs local to its GPU (PCI numa_node)" in n for n in d.notes), d.notes
+    hmat = {"nodes": {0: {"cpus": _r(0, 15), "mem_gb": 64}, 1: {"cpus": _r(16, 31), "mem_gb": 64},
+                      2: {"cpus": [], "mem_gb": 128}},
+            "distances": [[10, 21, 24], [21, 10, 24], [24, 24, 10]],
+            "smt": {"cores_per_package": 16, "packages": 2, "threads": 1}, "l3_cores": 8,
+            "initiators": {2: [1]}, "status": {"cpus": "0-15", "mems": "0-2"}, "gpus": []}
+    monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(hmat, tmp_path / "hmat")))
+    topology._cached_topology.cache_clear()
+    skip = plan(2)
+    assert isinstance(skip, Skip) and "16-31: node 2 has no CPUs: CPUs of node(s) 1, the " \
+        "initiators ACPI HMAT names) are allowed" in skip.reason
 
 
 # -- 3. Unknown package: socket mode falls back to the node, with a note
@@ -166,13 +279,24 @@ def test_one_socket_with_cxl_skips_like_one_socket_without(on_machine):
     assert isinstance(plan({"cpus": "socket"}, [1]), Skip)
 
 
-def test_one_socket_with_cxl_split_modes_leave_memory_alone(on_machine):
-    """exclusive still splits the one node (as on a one-node workstation), and memory
-    is left to the kernel's default, which reaches the CXL node when node 0 fills."""
+def test_one_socket_with_cxl_split_modes_keep_the_memory_asked(on_machine):
+    """exclusive still splits the one node (as on a one-node workstation). Memory
+    "bind" becomes "preferred" on the CPU node (local pages, and the CXL node still
+    reached when node 0 fills), with a note; "preferred" and "interleave" are kept as
+    asked; strict keeps "bind" (strict never weakens a policy; BindOptions cannot tell
+    an explicit "bind" from the default). Before: memory "none", whatever was asked,
+    also under strict."""
     on_machine("one-socket-cxl")
     d = plan({"cpus": "exclusive"}, [1])
-    assert cpus_of(d) == "8-15,24-31" and d.memory == "none" and d.mem_nodes == ()
-    assert any("memory-only node(s) 1" in n for n in d.notes)
+    assert cpus_of(d) == "8-15,24-31" and d.memory == "preferred" and d.mem_nodes == (0,)
+    assert any("memory-only node(s) 1" in n and '"preferred" instead' in n for n in d.notes)
+    for memory in ("preferred", "interleave"):
+        kept = plan({"cpus": "core-complex", "memory": memory}, [1])
+        assert kept.memory == memory and kept.mem_nodes == (0,)
+    strict = plan({"cpus": "exclusive", "strict": True}, [1])
+    assert strict.memory == "bind" and strict.mem_nodes == (0,)
+    assert any("kept, as strict asks" in n for n in strict.notes)
+    assert plan({"cpus": "exclusive", "memory": "none"}, [1]).memory == "none"
     explicit = plan(0)                                   # a named node still binds
     assert explicit.mem_nodes == (0,) and explicit.memory == "bind"
 
@@ -222,6 +346,8 @@ def test_a_tie_within_one_socket_binds_that_socket(on_machine, tmp_path, monkeyp
     monkeypatch.setenv("RAY_NUMA_FIXTURE", str(build_spec(spec, tmp_path / "snc2")))
     d = plan(4)
     assert cpus_of(d) == "0-15" and d.cpu_nodes == (0, 1) and d.mem_nodes == (4,)
+    assert any("node 4 has no CPUs: CPUs of node(s) 0-1, all equally near by distance "
+               "(SLIT), on one socket" in n for n in d.notes)      # before: no note
 
 
 def test_tie_breakers_are_read_only_where_a_tie_needs_them(on_machine):
@@ -236,5 +362,5 @@ def test_tie_breakers_are_read_only_where_a_tie_needs_them(on_machine):
     on_machine("power9-v100")
     files = files_opened_to_plan("auto", ["3"])
     assert any(f.endswith("/numa_status") for f in files)
-    assert any(f.endswith("0007:00:00.0/local_cpulist") for f in files)
+    assert any(f.endswith("0007:00:00.0/local_cpus") for f in files)
     assert not [f for f in files if "/cpu/cpu" in f and "physical_package_id" not in f]

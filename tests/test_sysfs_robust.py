@@ -313,6 +313,40 @@ def test_every_file_of_a_kind_mutated_at_once(name, mutable, tmp_path, use):
                 _restore(saved)
 
 
+#: The tie-breakers' files as a messy /sys has them (issue 20 review): the driver's
+#: numa_status not UTF-8, local_cpulist garbage, a package id and a PCI numa_node
+#: that are single non-UTF-8 bytes. Each raised before ray-numa read them through
+#: ray_numa.sysfs (UnicodeDecodeError, ValueError from parse_cpulist).
+MESSY = (("proc/driver/nvidia/gpus/*/numa_status", b"Node: \xff\xfe garbage\0"),
+         ("sys/bus/pci/devices/*/local_cpulist", b"zz-1,\0"),
+         ("sys/bus/pci/devices/*/local_cpus", b"\xff\xfe\n"),
+         ("sys/devices/system/cpu/cpu*/topology/physical_package_id", b"\xff"),
+         ("sys/bus/pci/devices/*/numa_node", b"\xfe"))
+
+
+@pytest.mark.parametrize("pattern, junk", MESSY, ids=[p.split("/")[-1] for p, _ in MESSY])
+def test_messy_tie_breaker_files(pattern, junk, mutable, tmp_path, use):
+    """POWER9 + V100 (nvidiagpunumanodes, NVML naming the GPU memory nodes 250-255,
+    whose SLIT tie the driver's numa_status and the GPU's local_cpus break): each
+    file of the kind written as ``junk`` (created where the dump has none), bound
+    near every GPU, by socket and exclusive: none raises."""
+    root, _ = mutable["nvidiagpunumanodes"]
+    fixture = machine(root, tmp_path / "fixture")
+    parent, _, name = pattern.rpartition("/")
+    files = [d / name for d in root.glob(parent) if d.is_dir()]
+    assert files
+    saved = {f: f.read_bytes() if f.exists() else None for f in files}
+    try:
+        for f in files:
+            f.write_bytes(junk)
+        use(fixture)
+        _exercise(root)
+        assert all(bind_current_process(i).status in ("bound", "skipped")
+                   for i in range(len(pci_devices(root))))
+    finally:
+        _restore(saved)
+
+
 def _restore(saved: Dict[Path, Optional[bytes]]) -> None:
     for path, original in saved.items():
         if original is None:
