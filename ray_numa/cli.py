@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 from . import environment
 from .apply import BindError
 from .options import NIC_VARS, OptionsError
-from .topology import format_cpulist, parse_cpulist
+from .cpusets import format_cpulist, parse_cpulist
 
 #: How ``show`` prints a CUDA variable that is not set, and what that means.
 UNSET = {"CUDA_DEVICE_ORDER": "(unset: CUDA's default, FASTEST_FIRST)",

@@ -15,7 +15,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opt
                     Tuple)
 
 from . import environment
-from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits
+from .cpusets import Limits, format_cpulist, process_limits
 from .sysfs import (driver_numa_node, is_decimal, not_read, numbered, read_cpus, read_int,
                     read_sysfs, sysfs_list)
 

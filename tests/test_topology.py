@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from ray_numa import gpus, topology
-from ray_numa.topology import format_cpulist, parse_cpulist, read_topology
+from ray_numa.cpusets import format_cpulist, parse_cpulist
+from ray_numa.topology import read_topology
 
 
 def test_cpulist_round_trip():
