@@ -87,6 +87,17 @@ def use(monkeypatch):
 
 # -- the readers, each against what the kernel really writes -------------------------
 
+def test_a_file_ends_at_its_first_nul_as_hwloc_reads_it(tmp_path):
+    """hwloc reads a sysfs file into a buffer and parses it as a C string, so the
+    text ends at the first NUL (hwloc/topology-linux.c ``hwloc_read_path_as_*``):
+    ``"1\\0" "2"`` is 1, not 12; a kernel's trailing NULs change nothing."""
+    for data, text in ((b"1\x002\n", "1"), (b"0-7\n\x00\x00", "0-7\n"), (b"\x00", ""),
+                       (b"5\n", "5\n")):
+        (tmp_path / "f").write_bytes(data)
+        assert read_sysfs(tmp_path / "f") == text, data
+    assert read_int(read_sysfs(tmp_path / "f")) == 5
+
+
 def test_lists_as_the_kernel_writes_them():
     assert sysfs_list("0-7\n\0") == frozenset(range(8))       # some 5.x kernels
     assert sysfs_list("\n") == frozenset()                      # a CPU-less node
