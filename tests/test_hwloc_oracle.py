@@ -38,7 +38,8 @@ import xml.etree.ElementTree as ET
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional,
+                    Tuple, Union)
 
 import pytest
 
@@ -213,12 +214,12 @@ def lstopo(fsroot: Path) -> Hwloc:
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Dict[str, Dump]:
+def corpus(request, tmp_path_factory) -> Iterator[Dict[str, Dump]]:
     """Every dump unpacked once and read by lstopo once (in parallel: ~0.1-1 s each)."""
-    roots = hwloc_corpus.unpacked(tmp_path_factory.getbasetemp() / "hwloc-corpus")
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        views = dict(zip(roots, pool.map(lstopo, roots.values())))
-    return {n: Dump(n, roots[n], views[n]) for n in roots}
+    for roots in hwloc_corpus.for_session(request, tmp_path_factory):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            views = dict(zip(roots, pool.map(lstopo, roots.values())))
+        yield {n: Dump(n, roots[n], views[n]) for n in roots}
 
 
 _ours: Dict[str, Tuple[Topology, object]] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,8 +30,8 @@ from tests.fixtures import hwloc_corpus
 
 
 @pytest.fixture(scope="session")
-def dumps(tmp_path_factory) -> Dict[str, Path]:
-    return hwloc_corpus.unpacked(tmp_path_factory.getbasetemp() / "hwloc-corpus")
+def dumps(request, tmp_path_factory) -> Iterator[Dict[str, Path]]:
+    yield from hwloc_corpus.for_session(request, tmp_path_factory)
 
 
 def pci_devices(root: Path) -> List[str]:
