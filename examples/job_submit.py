@@ -15,6 +15,7 @@ Ray of this user). The job CLI needs `ray[default]`.
     python examples/job_submit.py --fixture dgx-h100
 """
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -68,7 +69,8 @@ if head_uses_token_auth(env):
     env["RAY_AUTH_MODE"] = "token"      # what the job CLI needs to send the token
 print("token authentication:", "on" if env.get("RAY_AUTH_MODE") == "token" else "off")
 ports = free_ports(len(PORT_FLAGS))
-temp = tempfile.mkdtemp(prefix="rn-job-")
+temp = tempfile.mkdtemp(prefix="rn-job-")     # the head's session and logs (~3 MB)
+print("Ray temp dir:", temp, flush=True)
 ray_bin = str(Path(sys.executable).with_name("ray"))
 head = subprocess.Popen(
     [ray_bin, "start", "--head", "--block", "--disable-usage-stats",
@@ -77,6 +79,7 @@ head = subprocess.Popen(
      *(f"{flag}={port}" for flag, port in zip(PORT_FLAGS, ports))],
     env=env, stdout=subprocess.DEVNULL, stderr=open(Path(temp) / "head.err", "w"))
 address = f"http://127.0.0.1:{ports[1]}"
+failed = True
 try:
     for _ in range(180):          # the dashboard's job API answers once the head is up
         ready = subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
@@ -90,7 +93,8 @@ try:
          sys.executable, str(HERE / "job_report.py")],
         env=env, capture_output=True, text=True, timeout=600)
     print("\n".join(line for line in job.stdout.splitlines() if "job actor" in line))
-    if job.returncode != 0:
+    failed = job.returncode != 0
+    if failed:
         print(job.stdout[-2000:], job.stderr[-2000:], file=sys.stderr)
 finally:
     head.terminate()              # `ray start --block` stops its head on SIGTERM
@@ -98,4 +102,9 @@ finally:
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         head.kill()
+        head.wait()
+    if failed:
+        print(f"the head's logs are kept in {temp}", file=sys.stderr)
+    else:
+        shutil.rmtree(temp, ignore_errors=True)
 sys.exit(job.returncode)

@@ -96,7 +96,7 @@ def _options_value(args: argparse.Namespace) -> Any:
         value["node"] = args.node
     if args.cpus:
         # a CPU list in the kernel's format, as `show` prints it (0-3,8), or a mode
-        value["cpus"] = (sorted(parse_cpulist(args.cpus))
+        value["cpus"] = (sorted(parse_cpulist(args.cpus, "--cpus"))
                          if args.cpus[0].isdigit() else args.cpus)
     if args.memory:
         value["memory"] = args.memory

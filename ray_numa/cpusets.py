@@ -9,6 +9,7 @@ import os
 from typing import FrozenSet, Iterable, List, Optional, Tuple
 
 from . import environment
+from .options import MAX_CPU
 from .sysfs import read_sysfs
 
 #: What the cgroup cpuset and the affinity allow a process, as read: the
@@ -17,16 +18,28 @@ from .sysfs import read_sysfs
 Limits = Tuple[str, str, Optional[Tuple[int, ...]]]
 
 
-def parse_cpulist(text: str) -> FrozenSet[int]:
+def parse_cpulist(text: str, what: str = "the list") -> FrozenSet[int]:
     """Parse the kernel's list format (``0-3,8,10-11``), strictly: for what a user
-    typed (``--cpus``), where a mistake deserves an error. Files the kernel wrote go
-    through :func:`ray_numa.sysfs.sysfs_list`, which never raises."""
+    typed (``--cpus``), where a mistake deserves an error that quotes it (``what``
+    names where it was typed). Ids stop at :data:`ray_numa.options.MAX_CPU` before
+    any range is expanded (``0-4294967295`` would fill memory). Files the kernel
+    wrote go through :func:`ray_numa.sysfs.sysfs_list`, which never raises."""
     out = set()
     for part in text.strip().split(","):
         if not part:
             continue
         lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
+        if not all(x.isascii() and x.isdigit() for x in (lo, hi or lo)):
+            raise ValueError(f"{what} {text!r}: {part!r} is not a CPU id or a range "
+                             "first-last (the kernel's list format, e.g. 0-3,8)")
+        first, last = int(lo), int(hi or lo)
+        if last > MAX_CPU:
+            raise ValueError(f"{what} {text!r}: {last} is past the largest CPU id "
+                             f"ray-numa accepts ({MAX_CPU})")
+        if last < first:
+            raise ValueError(f"{what} {text!r}: the range {part!r} runs backwards "
+                             f"(write {last}-{first})")
+        out.update(range(first, last + 1))
     return frozenset(out)
 
 

@@ -23,14 +23,15 @@ def read_sysfs(path: Path) -> Optional[str]:
     """A sysfs or /proc file's text, None if it cannot be read.
 
     As hwloc's ``hwloc_read_path_*`` do (hwloc/topology-linux.c), anything the file
-    holds is text: bytes that are not UTF-8 are replaced rather than raising, and the
-    NULs some kernels leave after the newline (``"0-7\\n\\0"``) are dropped.
+    holds is text: bytes that are not UTF-8 are replaced rather than raising, and
+    the text ends at the first NUL, as hwloc's C-string read does (some kernels leave
+    NULs after the newline, ``"0-7\\n\\0"``; ``"1\\0" "2"`` is 1, not 12).
     """
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    return data.decode("utf-8", errors="replace").replace("\0", "")
+    return data.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
 def sysfs_list(text: Optional[str]) -> Optional[FrozenSet[int]]:

@@ -71,3 +71,16 @@ def test_resources_labels_count_only_nodes_with_cpus_or_memory(machine_tree):
     nodes = MACHINES["gb200"]["nodes"]
     real = [n for n, spec in nodes.items() if spec.get("cpus") or spec.get("mem_gb")]
     assert len(nodes) == 34 and labels["ray-numa.io/numa-nodes"] == str(len(real))
+
+
+def test_a_cpu_list_mistake_is_an_error_that_quotes_it():
+    """--cpus is parsed strictly, ids capped before a range is expanded (0-4294967295
+    once tried to build a 4-billion-element set), and the error quotes what was typed."""
+    cases = {"0-4294967295": "4294967295 is past the largest CPU id ray-numa accepts (65535)",
+             "3-1": "the range '3-1' runs backwards (write 1-3)",
+             "0-7:2/4": "'0-7:2/4' is not a CPU id or a range first-last"}
+    for typed, why in cases.items():
+        proc = ray_numa("exec", "--cpus", typed, "--", "true", check=False)
+        assert proc.returncode != 0, typed
+        assert f"--cpus {typed!r}: {why}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr

@@ -75,3 +75,6 @@ def test_job_submit_example_works_with_or_without_a_token(tmp_path, token):
     assert f"token authentication: {'on' if token and has_token_auth else 'off'}" in proc.stdout
     assert proc.stdout.count(": bound - CPUs 0-55,112-167") == 4, proc.stdout
     assert proc.stdout.count(": bound - CPUs 56-111,168-223") == 4, proc.stdout
+    temp = proc.stdout.split("Ray temp dir: ", 1)[1].split("\n", 1)[0]
+    assert temp.rpartition("/")[2].startswith("rn-job-") and not os.path.exists(temp), \
+        "a passing run removes the head's temp dir (~3 MB of logs each)"

@@ -132,3 +132,17 @@ def test_a_newer_ray_is_named_once_on_the_driver_and_in_the_agent():
         ray_numa.register({})
     ''')
     assert "is newer than" not in same.stderr, same.stderr
+
+
+def test_ci_runs_no_ray_newer_than_the_newest_tested():
+    """NEWEST_TESTED_RAY is written by hand, while .ci/run's main pass upgrades to the
+    newest Ray on the package index and says so with RAY_NUMA_CI_NEWEST=1: when Ray
+    ships a release past it, CI fails here instead of passing while every user is
+    told their Ray is untested and the README names the old range."""
+    import os
+    from ray_numa import environment
+    if os.environ.get("RAY_NUMA_CI_NEWEST") != "1":
+        pytest.skip("only .ci/run's main pass (RAY_NUMA_CI_NEWEST=1) runs the newest Ray")
+    note = environment.untested_ray(environment.ray_version())
+    assert note is None, (f"{note}: CI passes on this Ray, so bump NEWEST_TESTED_RAY and "
+                          "the README's supported versions")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,8 +30,8 @@ from tests.fixtures import hwloc_corpus
 
 
 @pytest.fixture(scope="session")
-def dumps(tmp_path_factory) -> Dict[str, Path]:
-    return hwloc_corpus.unpacked(tmp_path_factory.getbasetemp() / "hwloc-corpus")
+def dumps(request, tmp_path_factory) -> Iterator[Dict[str, Path]]:
+    yield from hwloc_corpus.for_session(request, tmp_path_factory)
 
 
 def pci_devices(root: Path) -> List[str]:
@@ -86,6 +86,17 @@ def use(monkeypatch):
 
 
 # -- the readers, each against what the kernel really writes -------------------------
+
+def test_a_file_ends_at_its_first_nul_as_hwloc_reads_it(tmp_path):
+    """hwloc reads a sysfs file into a buffer and parses it as a C string, so the
+    text ends at the first NUL (hwloc/topology-linux.c ``hwloc_read_path_as_*``):
+    ``"1\\0" "2"`` is 1, not 12; a kernel's trailing NULs change nothing."""
+    for data, text in ((b"1\x002\n", "1"), (b"0-7\n\x00\x00", "0-7\n"), (b"\x00", ""),
+                       (b"5\n", "5\n")):
+        (tmp_path / "f").write_bytes(data)
+        assert read_sysfs(tmp_path / "f") == text, data
+    assert read_int(read_sysfs(tmp_path / "f")) == 5
+
 
 def test_lists_as_the_kernel_writes_them():
     assert sysfs_list("0-7\n\0") == frozenset(range(8))       # some 5.x kernels
