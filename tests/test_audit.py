@@ -161,7 +161,9 @@ def test_a_published_binding_dies_with_its_process():
         print(os.getpid(), flush=True)
         sys.stdin.readline()
     '''
-    child = subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+    # a worker of this module's cluster, as the raylet starts one: with its session's name
+    session = [f"--session-name={name}" for name in [ledger._session_name()] if name]
+    child = subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent(code), *session],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_NUMA_SPEC="{}"))
     pid = int(child.stdout.readline())
