@@ -109,7 +109,7 @@ class SyscallBackend:
         mapping policy would outlive a later rebind or unbind and override the
         thread's, and migrate_pages set none either.
         """
-        ranges = mappings.read_own_ranges()
+        ranges = mappings.read_own_ranges(keep=_no_policy_of_its_own)
         for start, end in ranges:
             try:
                 syscalls.mbind(start, end - start, "bind", new, syscalls.MPOL_MF_MOVE)
@@ -119,6 +119,15 @@ class SyscallBackend:
                     raise
                 # unmapped since /proc/self/maps was read (e.g. a thread exited)
         return len(ranges)
+
+
+def _no_policy_of_its_own(start: int) -> bool:
+    """A mapping with its own policy (a user's mbind, libnuma's numa_alloc_onnode) is
+    left where its owner put it; one gone since maps was read is left too."""
+    try:
+        return syscalls.vma_policy(start) == "default"
+    except OSError:
+        return False
 
 
 class RecordingBackend:
