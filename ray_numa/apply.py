@@ -62,6 +62,12 @@ class ThreadPolicies:
         self._local.policy = key
         self.by_thread[threading.get_native_id()] = key
 
+    def had(self, key: PolicyKey) -> None:
+        """The calling thread now has ``key`` (a catch-up: ``wanted`` may have moved on
+        meanwhile, and then this thread catches up again at its next task)."""
+        self._local.policy = key
+        self.by_thread[threading.get_native_id()] = key
+
     def tried(self) -> None:
         self._local.policy = self.wanted
 
@@ -275,13 +281,13 @@ def catch_up(backend: Any) -> bool:
     threads = backend.threads
     if threads.wanted is None or threads.current():
         return False
-    mode, nodes = threads.wanted
+    key = threads.wanted
     try:
-        backend.set_mempolicy(mode, nodes)
+        backend.set_mempolicy(*key)
     except OSError:              # it succeeded on another thread: not expected
         threads.tried()          # so not again at every task
         return False
-    threads.took(threads.wanted)
+    threads.had(key)             # what was set, though a follow may want another now
     return True
 
 

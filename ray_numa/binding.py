@@ -75,6 +75,7 @@ class Binder:
         self._unsettled = False     # bound as pooled, not yet said: settle() says it
         self._migrate_late = False  # pages left for settle() to move, once
         self._nic_set: Dict[str, str] = {}            # variables nic_env wrote, owned
+        self._record_lock = threading.RLock()  # one record at a time; _with_nic nests
 
     @functools.cached_property
     def topology(self) -> Topology:
@@ -98,10 +99,12 @@ class Binder:
         return decision
 
     def _record(self, binding: Binding) -> Binding:
-        calls = tuple(getattr(self.backend, "calls", ()))
-        self.binding = binding._replace(calls=calls, thread_policies=self._thread_policies())
-        ledger.publish(self.binding)      # for `ray-numa audit`, from another process
-        return self.binding
+        with self._record_lock:
+            calls = tuple(getattr(self.backend, "calls", ()))
+            self.binding = binding._replace(calls=calls,
+                                            thread_policies=self._thread_policies())
+            ledger.publish(self.binding)      # for `ray-numa audit`, from another process
+            return self.binding
 
     def _thread_policies(self) -> Tuple[Dict[str, Any], ...]:
         """See :attr:`Binding.thread_policies`."""
@@ -123,7 +126,7 @@ class Binder:
         last bind or follow if this thread lacks it. Never raises (a task hook)."""
         try:
             if catch_up(self.backend):      # once per thread and bind: record it
-                with _record_lock:
+                with self._record_lock:     # the binding as it is now, a follow's too
                     self._record(self.binding)
         except Exception as exc:
             environment.warn_once(f"memory policy not applied to thread "
@@ -334,7 +337,6 @@ def _say(binding: Binding, level: int) -> None:
 
 
 _binder: Optional[Binder] = None
-_record_lock = threading.Lock()   # task threads catching up at once record in turn
 
 
 def process_binder() -> Binder:
