@@ -104,9 +104,10 @@ class SyscallBackend:
     def set_mempolicy(self, mode: str, nodes: Sequence[int]) -> None:
         syscalls.set_mempolicy(mode, nodes)
 
-    def migrate(self, old: Sequence[int], new: Sequence[int]) -> int:
+    def migrate(self, old: Sequence[int], new: Sequence[int]) -> Tuple[int, Tuple[str, ...]]:
         """Move this process's own pages onto ``new`` (``old`` is what the recording
-        backend shows); returns how many mapping ranges were passed to the kernel.
+        backend shows); returns how many mapping ranges were passed to the kernel and
+        why some pages stayed (one line each).
 
         Not ``migrate_pages(2)``: with CAP_SYS_NICE it also moves pages other processes
         map (Ray's object store, /dev/shm). ``mbind(2)`` with ``MPOL_MF_MOVE`` over
@@ -115,16 +116,37 @@ class SyscallBackend:
         mapping policy would outlive a later rebind or unbind and override the
         thread's, and migrate_pages set none either.
         """
-        ranges = mappings.read_own_ranges(keep=_no_policy_of_its_own)
+        mine = mappings.read_own_mappings(keep=_no_policy_of_its_own)
+        ranges = mappings.merge(mine)
+        failed: List[str] = []
         for start, end in ranges:
-            try:
-                syscalls.mbind(start, end - start, "bind", new, syscalls.MPOL_MF_MOVE)
-                syscalls.mbind(start, end - start, "default")
-            except OSError as exc:
-                if exc.errno not in (errno.EFAULT, errno.ENOMEM):
-                    raise
-                # unmapped since /proc/self/maps was read (e.g. a thread exited)
-        return len(ranges)
+            err = _move(start, end, new)
+            if err is not None and err.errno == errno.EFAULT:
+                # a hole since maps was read (a thread exited, a munmap): one EFAULT
+                # fails the whole call, so what is mapped there now, piece by piece
+                chosen = [m for m in mine if start <= m[0] < end]
+                for piece in mappings.overlaps(mappings.read_own_mappings(), chosen):
+                    err = _move(*piece, new)
+                    if err is not None and err.errno != errno.EFAULT:
+                        failed.append(f"{err}")
+            elif err is not None:       # ENOMEM included: the kernel could not move them
+                failed.append(f"{err}")
+        return len(ranges), tuple(failed)
+
+
+def _move(start: int, end: int, nodes: Sequence[int]) -> Optional[OSError]:
+    """mbind MPOL_BIND with MPOL_MF_MOVE, then the policy removed again; the error if
+    either failed (the mapping policy is removed even when the move failed)."""
+    err = None
+    try:
+        syscalls.mbind(start, end - start, "bind", nodes, syscalls.MPOL_MF_MOVE)
+    except OSError as exc:
+        err = exc
+    try:
+        syscalls.mbind(start, end - start, "default")
+    except OSError as exc:
+        err = err or exc
+    return err
 
 
 def _no_policy_of_its_own(start: int) -> bool:
@@ -151,10 +173,11 @@ class RecordingBackend:
     def set_mempolicy(self, mode: str, nodes: Sequence[int]) -> None:
         self.calls.append(("set_mempolicy", mode, format_cpulist(nodes)))
 
-    def migrate(self, old: Sequence[int], new: Sequence[int]) -> int:
-        """Recorded as the move it stands for: own pages from ``old`` onto ``new``."""
-        self.calls.append(("migrate_pages", format_cpulist(old), format_cpulist(new)))
-        return 0
+    def migrate(self, old: Sequence[int], new: Sequence[int]) -> Tuple[int, Tuple[str, ...]]:
+        """Recorded as the move it stands for: the process's own pages (mbind with
+        MPOL_MF_MOVE over its own mappings) from ``old`` onto ``new``."""
+        self.calls.append(("mbind_move", format_cpulist(old), format_cpulist(new)))
+        return 0, ()
 
 
 class Applied(namedtuple("Applied", "memory threads notes migrated mem_nodes",
@@ -239,9 +262,13 @@ def migrate_touched(plan: Plan, backend: Any, memory: str, nodes: Sequence[int],
     if memory not in ("bind", "preferred", "local") or not others:
         return False, ()
     try:
-        backend.migrate(others, nodes if memory == "bind" else _home(plan))
-    except OSError as exc:
-        return False, (f"pages touched before binding stay where they are: {exc}",)
+        ranges, failed = backend.migrate(others, nodes if memory == "bind" else _home(plan))
+    except (OSError, MemoryError) as exc:     # MemoryError: a maps text too big to read
+        return False, (f"pages touched before binding stay where they are: "
+                       f"{type(exc).__name__}: {exc}",)
+    if failed:
+        return False, (f"pages of {len(failed)} of {ranges} own memory ranges stay where "
+                       f"they are: {failed[0]}",)
     return True, ()
 
 

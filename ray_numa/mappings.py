@@ -141,6 +141,12 @@ def merge(ranges: Iterable[Range]) -> List[Range]:
     return out
 
 
+def overlaps(ranges: Iterable[Range], within: List[Range]) -> List[Range]:
+    """The parts of ``ranges`` that lie inside one of ``within``."""
+    return [(max(s, ws), min(e, we)) for s, e in ranges for ws, we in within
+            if max(s, ws) < min(e, we)]
+
+
 def own_ranges(maps_text: str, fstypes: Optional[Dict[Device, str]] = None,
                anon: Iterable[int] = ()) -> List[Range]:
     """:func:`own_mappings`, adjacent ones merged."""
@@ -152,12 +158,11 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def read_own_ranges(pid: str = "self",
-                    keep: Callable[[int], bool] = lambda start: True) -> List[Range]:
-    """:func:`own_ranges` of the process, only the mappings whose start ``keep``
-    accepts (the caller's policy check); OSError if maps cannot be read. Without
-    mountinfo or numa_maps a file mapping on an anonymous device or a read-only one
-    is left out."""
+def read_own_mappings(pid: str = "self",
+                      keep: Callable[[int], bool] = lambda start: True) -> List[Range]:
+    """:func:`own_mappings` of the process, only those whose start ``keep`` accepts
+    (the caller's policy check); OSError if maps cannot be read. Without mountinfo or
+    numa_maps a file mapping on an anonymous device or a read-only one is left out."""
     maps = _read(f"/proc/{pid}/maps")
     try:
         fstypes = device_fstypes(_read(f"/proc/{pid}/mountinfo"))
@@ -167,4 +172,10 @@ def read_own_ranges(pid: str = "self",
         anon = anon_starts(_read(f"/proc/{pid}/numa_maps"))
     except OSError:
         anon = set()
-    return merge(r for r in own_mappings(maps, fstypes, anon) if keep(r[0]))
+    return [r for r in own_mappings(maps, fstypes, anon) if keep(r[0])]
+
+
+def read_own_ranges(pid: str = "self",
+                    keep: Callable[[int], bool] = lambda start: True) -> List[Range]:
+    """:func:`read_own_mappings`, adjacent ones merged."""
+    return merge(read_own_mappings(pid, keep))

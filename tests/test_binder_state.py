@@ -93,8 +93,8 @@ def test_pages_move_once_when_ray_says_max_calls(binder, pooled, memory):
     first = binder.bind(parse("auto"), ["4"], gpu_rule="assigned", pooled=True)
     assert [c[0] for c in first.calls] == ["sched_setaffinity", "set_mempolicy"]
     settled = binder.settle(pooled=pooled, why="test")
-    moves = [c for c in settled.calls if c[0] == "migrate_pages"]
-    assert moves == [("migrate_pages", "0", "1")] and settled.memory == memory
+    moves = [c for c in settled.calls if c[0] == "mbind_move"]
+    assert moves == [("mbind_move", "0", "1")] and settled.memory == memory
     assert settled.calls[-1] == moves[0]            # after the policy it ended with
 
 

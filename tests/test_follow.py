@@ -24,7 +24,7 @@ NODE_CPUS = {0: "0-55,112-167", 1: "56-111,168-223"}     # DGX H100
 def calls_for(node: int):
     return [["sched_setaffinity", "all-threads", NODE_CPUS[node]],
             ["set_mempolicy", "bind", str(node)],
-            ["migrate_pages", str(1 - node), str(node)]]
+            ["mbind_move", str(1 - node), str(node)]]
 
 
 @pytest.fixture

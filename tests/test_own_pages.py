@@ -184,3 +184,48 @@ def test_a_private_mapping_of_a_file_on_another_tmpfs_leaves_the_files_policy(tm
                      'mount -t tmpfs none "$1" && shift && exec "$@"', "sh", str(tmp_path)])
     assert r["policy"] == "interleave"
     assert not [c for c in r["calls"] for a in r["private"] if c[0] <= a < c[1]]
+
+
+def test_a_hole_in_a_merged_range_moves_the_rest_and_leaves_no_mapping_policy():
+    """One unmapped page makes mbind(2) fail the whole range with EFAULT. A munmap
+    between reading maps and the move (a), or between the move and the policy's
+    removal (b): the pieces mapped now are moved one by one, none keeps MPOL_BIND,
+    and nothing is reported failed."""
+    r = child_report('''
+        import ctypes, mmap
+        from ray_numa import apply, syscalls
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        P = mmap.PAGESIZE
+        bufs = [touch_buffer(1) for _ in range(2)]
+        holes = {"bind": bufs[0][1] + 100 * P, "default": bufs[1][1] + 100 * P}
+        calls, real = [], syscalls.mbind
+        def mbind(start, length, mode, nodes=(), flags=0):
+            hole = holes.get(mode)
+            if hole and start <= hole < start + length:
+                del holes[mode]                     # (a) before the move, (b) after it
+                libc.munmap(hole, P)
+            calls.append([start, start + length, mode])
+            real(start, length, mode, nodes, flags)
+        syscalls.mbind = mbind
+        ranges, failed = apply.SyscallBackend().migrate([], [0])
+        pieces = [(b[1], b[1] + 100 * P) for b in bufs] + [
+            (b[1] + 101 * P, b[1] + (1 << 20)) for b in bufs]
+        report(failed=list(failed), policies=[syscalls.vma_policy(s) for s, _ in pieces],
+               moved=[any(c[0] <= s and e <= c[1] and c[2] == "bind" and c[1] - c[0] < 1 << 20
+                          for c in calls) for s, e in pieces])
+    ''')
+    assert r["failed"] == []
+    assert r["policies"] == ["default"] * 4
+    assert r["moved"] == [True] * 4
+
+
+def test_migrate_never_raises_out_of_apply_when_maps_cannot_be_read(monkeypatch):
+    """A maps text too big to read (MemoryError) or unreadable (OSError) after the
+    affinity is set: a note, migrated False, never an exception."""
+    from ray_numa import apply, mappings
+    def too_big(*_a, **_k):
+        raise MemoryError()
+    monkeypatch.setattr(mappings, "read_own_mappings", too_big)
+    moved, notes = apply.migrate_touched(None, apply.SyscallBackend(), "bind", (0,), (0, 1))
+    assert moved is False and "MemoryError" in notes[0]
