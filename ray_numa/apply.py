@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 SYS_NICE_FIX = ("the kernel refused set_mempolicy (EPERM): in a container add the "
                 "SYS_NICE capability (docker run --cap-add SYS_NICE; Kubernetes "
                 "securityContext.capabilities.add: [\"SYS_NICE\"])")
+NO_MEMPOLICY = ("set_mempolicy is not available here (ENOSYS: a kernel without NUMA, "
+                "a sandbox that hides it, or an architecture ray-numa has no syscall "
+                "numbers for)")
 _PERMISSION = (errno.EPERM, errno.EACCES, errno.ENOSYS)
 
 
@@ -228,7 +231,7 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
     """
     threads = backend.set_affinity(plan.cpus)
     notes: List[str] = []
-    memory, nodes, refused = "none", (), False
+    memory, nodes, refused = "none", (), set()
     for rung, mode, wanted in _steps(plan):
         try:
             backend.set_mempolicy(mode, wanted)
@@ -243,11 +246,11 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
                 notes.append(f"{exc}; memory policy unchanged, CPUs stay pinned to "
                              f"{format_cpulist(plan.cpus)}")
                 break
-            refused = True
+            refused.add(exc.errno)
             notes.append(f"{exc}")
     if refused and memory != plan.memory:
-        notes.append(SYS_NICE_FIX + f"; memory policy is '{memory}' instead of "
-                     f"'{plan.memory}'")
+        notes.append((NO_MEMPOLICY if refused == {errno.ENOSYS} else SYS_NICE_FIX)
+                     + f"; memory policy is '{memory}' instead of '{plan.memory}'")
     migrated, more = (migrate_touched(plan, backend, memory, nodes, all_nodes) if migrate
                       else (False, ()))
     return Applied(memory=memory, threads=threads, notes=tuple(notes) + more,
