@@ -23,6 +23,9 @@ from .policy import Plan, Skip
 from .prepared import lookup as prepared_plan
 from .record import UNBOUND, Binding
 
+#: thread_policies' memory for a thread ray-numa set no policy on (it has what it inherited).
+NOT_SET = "not set by ray-numa"
+
 if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, options
     from .options import BindOptions
     from .topology import Allowed, Topology
@@ -107,14 +110,19 @@ class Binder:
             return self.binding
 
     def _thread_policies(self) -> Tuple[Dict[str, Any], ...]:
-        """See :attr:`Binding.thread_policies`."""
+        """See :attr:`Binding.thread_policies`: every live thread, those ray-numa never
+        set a policy on (started before a follow, or on a loop that runs no Ray task
+        hook: another concurrency group, Serve's user-code thread) as not set by it."""
         threads = self.backend.threads
         if not threads.lagging():
             return ()
         main = threading.main_thread().native_id
-        return tuple({"tid": tid, "main": tid == main, "memory": mode, "nodes": list(nodes)}
-                     for tid, (mode, nodes) in sorted(threads.by_thread.items())
-                     if os.path.exists(f"/proc/self/task/{tid}"))
+        known = dict(threads.by_thread)
+        out = []
+        for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+            mode, nodes = known.get(tid, (NOT_SET, ()))
+            out.append({"tid": tid, "main": tid == main, "memory": mode, "nodes": list(nodes)})
+        return tuple(out)
 
     def lacks_policy(self, thread_id: int) -> bool:
         """Whether ``thread_id`` may lack the memory policy of the last bind or follow."""
