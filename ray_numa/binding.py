@@ -23,8 +23,7 @@ from .policy import Plan, Skip
 from .prepared import lookup as prepared_plan
 from .record import UNBOUND, Binding
 
-#: thread_policies' memory for a thread ray-numa set no policy on (it has what it inherited).
-NOT_SET = "not set by ray-numa"
+NOT_SET = "not set by ray-numa"   # thread_policies' memory for a thread it set none on
 
 if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, options
     from .options import BindOptions
