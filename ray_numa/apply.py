@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 SYS_NICE_FIX = ("the kernel refused set_mempolicy (EPERM): in a container add the "
                 "SYS_NICE capability (docker run --cap-add SYS_NICE; Kubernetes "
                 "securityContext.capabilities.add: [\"SYS_NICE\"])")
+NO_MEMPOLICY = ("set_mempolicy is not available here (ENOSYS: a kernel without NUMA, "
+                "a sandbox that hides it, or an architecture ray-numa has no syscall "
+                "numbers for)")
 _PERMISSION = (errno.EPERM, errno.EACCES, errno.ENOSYS)
 
 
@@ -59,6 +62,12 @@ class ThreadPolicies:
         if self.wanted is None:   # the first: main has what the process started with
             self.by_thread.setdefault(threading.main_thread().native_id, ("as started", ()))
         self.wanted = key
+        self._local.policy = key
+        self.by_thread[threading.get_native_id()] = key
+
+    def had(self, key: PolicyKey) -> None:
+        """The calling thread now has ``key`` (a catch-up: ``wanted`` may have moved on
+        meanwhile, and then this thread catches up again at its next task)."""
         self._local.policy = key
         self.by_thread[threading.get_native_id()] = key
 
@@ -98,9 +107,10 @@ class SyscallBackend:
     def set_mempolicy(self, mode: str, nodes: Sequence[int]) -> None:
         syscalls.set_mempolicy(mode, nodes)
 
-    def migrate(self, old: Sequence[int], new: Sequence[int]) -> int:
+    def migrate(self, old: Sequence[int], new: Sequence[int]) -> Tuple[int, Tuple[str, ...]]:
         """Move this process's own pages onto ``new`` (``old`` is what the recording
-        backend shows); returns how many mapping ranges were passed to the kernel.
+        backend shows); returns how many mapping ranges were passed to the kernel and
+        why some pages stayed (one line each).
 
         Not ``migrate_pages(2)``: with CAP_SYS_NICE it also moves pages other processes
         map (Ray's object store, /dev/shm). ``mbind(2)`` with ``MPOL_MF_MOVE`` over
@@ -109,16 +119,46 @@ class SyscallBackend:
         mapping policy would outlive a later rebind or unbind and override the
         thread's, and migrate_pages set none either.
         """
-        ranges = mappings.read_own_ranges()
+        mine = mappings.read_own_mappings(keep=_no_policy_of_its_own)
+        ranges = mappings.merge(mine)
+        failed: List[str] = []
         for start, end in ranges:
-            try:
-                syscalls.mbind(start, end - start, "bind", new, syscalls.MPOL_MF_MOVE)
-                syscalls.mbind(start, end - start, "default")
-            except OSError as exc:
-                if exc.errno not in (errno.EFAULT, errno.ENOMEM):
-                    raise
-                # unmapped since /proc/self/maps was read (e.g. a thread exited)
-        return len(ranges)
+            err = _move(start, end, new)
+            if err is not None and err.errno == errno.EFAULT:
+                # a hole since maps was read (a thread exited, a munmap): one EFAULT
+                # fails the whole call, so what is mapped there now, piece by piece
+                chosen = [m for m in mine if start <= m[0] < end]
+                for piece in mappings.overlaps(mappings.read_own_mappings(), chosen):
+                    err = _move(*piece, new)
+                    if err is not None and err.errno != errno.EFAULT:
+                        failed.append(f"{err}")
+            elif err is not None:       # ENOMEM included: the kernel could not move them
+                failed.append(f"{err}")
+        return len(ranges), tuple(failed)
+
+
+def _move(start: int, end: int, nodes: Sequence[int]) -> Optional[OSError]:
+    """mbind MPOL_BIND with MPOL_MF_MOVE, then the policy removed again; the error if
+    either failed (the mapping policy is removed even when the move failed)."""
+    err = None
+    try:
+        syscalls.mbind(start, end - start, "bind", nodes, syscalls.MPOL_MF_MOVE)
+    except OSError as exc:
+        err = exc
+    try:
+        syscalls.mbind(start, end - start, "default")
+    except OSError as exc:
+        err = err or exc
+    return err
+
+
+def _no_policy_of_its_own(start: int) -> bool:
+    """A mapping with its own policy (a user's mbind, libnuma's numa_alloc_onnode) is
+    left where its owner put it; one gone since maps was read is left too."""
+    try:
+        return syscalls.vma_policy(start) == "default"
+    except OSError:
+        return False
 
 
 class RecordingBackend:
@@ -136,10 +176,11 @@ class RecordingBackend:
     def set_mempolicy(self, mode: str, nodes: Sequence[int]) -> None:
         self.calls.append(("set_mempolicy", mode, format_cpulist(nodes)))
 
-    def migrate(self, old: Sequence[int], new: Sequence[int]) -> int:
-        """Recorded as the move it stands for: own pages from ``old`` onto ``new``."""
-        self.calls.append(("migrate_pages", format_cpulist(old), format_cpulist(new)))
-        return 0
+    def migrate(self, old: Sequence[int], new: Sequence[int]) -> Tuple[int, Tuple[str, ...]]:
+        """Recorded as the move it stands for: the process's own pages (mbind with
+        MPOL_MF_MOVE over its own mappings) from ``old`` onto ``new``."""
+        self.calls.append(("mbind_move", format_cpulist(old), format_cpulist(new)))
+        return 0, ()
 
 
 class Applied(namedtuple("Applied", "memory threads notes migrated mem_nodes",
@@ -190,7 +231,7 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
     """
     threads = backend.set_affinity(plan.cpus)
     notes: List[str] = []
-    memory, nodes, refused = "none", (), False
+    memory, nodes, refused = "none", (), set()
     for rung, mode, wanted in _steps(plan):
         try:
             backend.set_mempolicy(mode, wanted)
@@ -205,11 +246,11 @@ def apply_plan(plan: Plan, backend: Any, migrate: bool,
                 notes.append(f"{exc}; memory policy unchanged, CPUs stay pinned to "
                              f"{format_cpulist(plan.cpus)}")
                 break
-            refused = True
+            refused.add(exc.errno)
             notes.append(f"{exc}")
     if refused and memory != plan.memory:
-        notes.append(SYS_NICE_FIX + f"; memory policy is '{memory}' instead of "
-                     f"'{plan.memory}'")
+        notes.append((NO_MEMPOLICY if refused == {errno.ENOSYS} else SYS_NICE_FIX)
+                     + f"; memory policy is '{memory}' instead of '{plan.memory}'")
     migrated, more = (migrate_touched(plan, backend, memory, nodes, all_nodes) if migrate
                       else (False, ()))
     return Applied(memory=memory, threads=threads, notes=tuple(notes) + more,
@@ -224,9 +265,13 @@ def migrate_touched(plan: Plan, backend: Any, memory: str, nodes: Sequence[int],
     if memory not in ("bind", "preferred", "local") or not others:
         return False, ()
     try:
-        backend.migrate(others, nodes if memory == "bind" else _home(plan))
-    except OSError as exc:
-        return False, (f"pages touched before binding stay where they are: {exc}",)
+        ranges, failed = backend.migrate(others, nodes if memory == "bind" else _home(plan))
+    except (OSError, MemoryError) as exc:     # MemoryError: a maps text too big to read
+        return False, (f"pages touched before binding stay where they are: "
+                       f"{type(exc).__name__}: {exc}",)
+    if failed:
+        return False, (f"pages of {len(failed)} of {ranges} own memory ranges stay where "
+                       f"they are: {failed[0]}",)
     return True, ()
 
 
@@ -266,13 +311,13 @@ def catch_up(backend: Any) -> bool:
     threads = backend.threads
     if threads.wanted is None or threads.current():
         return False
-    mode, nodes = threads.wanted
+    key = threads.wanted
     try:
-        backend.set_mempolicy(mode, nodes)
+        backend.set_mempolicy(*key)
     except OSError:              # it succeeded on another thread: not expected
         threads.tried()          # so not again at every task
         return False
-    threads.took(threads.wanted)
+    threads.had(key)             # what was set, though a follow may want another now
     return True
 
 

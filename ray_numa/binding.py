@@ -23,6 +23,8 @@ from .policy import Plan, Skip
 from .prepared import lookup as prepared_plan
 from .record import UNBOUND, Binding
 
+NOT_SET = "not set by ray-numa"   # thread_policies' memory for a thread it set none on
+
 if TYPE_CHECKING:   # loaded only to plan here (prepared.py): topology, options
     from .options import BindOptions
     from .topology import Allowed, Topology
@@ -75,6 +77,7 @@ class Binder:
         self._unsettled = False     # bound as pooled, not yet said: settle() says it
         self._migrate_late = False  # pages left for settle() to move, once
         self._nic_set: Dict[str, str] = {}            # variables nic_env wrote, owned
+        self._record_lock = threading.RLock()  # one record at a time; _with_nic nests
 
     @functools.cached_property
     def topology(self) -> Topology:
@@ -98,20 +101,27 @@ class Binder:
         return decision
 
     def _record(self, binding: Binding) -> Binding:
-        calls = tuple(getattr(self.backend, "calls", ()))
-        self.binding = binding._replace(calls=calls, thread_policies=self._thread_policies())
-        ledger.publish(self.binding)      # for `ray-numa audit`, from another process
-        return self.binding
+        with self._record_lock:
+            calls = tuple(getattr(self.backend, "calls", ()))
+            self.binding = binding._replace(calls=calls,
+                                            thread_policies=self._thread_policies())
+            ledger.publish(self.binding)      # for `ray-numa audit`, from another process
+            return self.binding
 
     def _thread_policies(self) -> Tuple[Dict[str, Any], ...]:
-        """See :attr:`Binding.thread_policies`."""
+        """See :attr:`Binding.thread_policies`: every live thread, those ray-numa never
+        set a policy on (started before a follow, or on a loop that runs no Ray task
+        hook: another concurrency group, Serve's user-code thread) as not set by it."""
         threads = self.backend.threads
         if not threads.lagging():
             return ()
         main = threading.main_thread().native_id
-        return tuple({"tid": tid, "main": tid == main, "memory": mode, "nodes": list(nodes)}
-                     for tid, (mode, nodes) in sorted(threads.by_thread.items())
-                     if os.path.exists(f"/proc/self/task/{tid}"))
+        known = dict(threads.by_thread)
+        out = []
+        for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+            mode, nodes = known.get(tid, (NOT_SET, ()))
+            out.append({"tid": tid, "main": tid == main, "memory": mode, "nodes": list(nodes)})
+        return tuple(out)
 
     def lacks_policy(self, thread_id: int) -> bool:
         """Whether ``thread_id`` may lack the memory policy of the last bind or follow."""
@@ -123,7 +133,7 @@ class Binder:
         last bind or follow if this thread lacks it. Never raises (a task hook)."""
         try:
             if catch_up(self.backend):      # once per thread and bind: record it
-                with _record_lock:
+                with self._record_lock:     # the binding as it is now, a follow's too
                     self._record(self.binding)
         except Exception as exc:
             environment.warn_once(f"memory policy not applied to thread "
@@ -334,7 +344,6 @@ def _say(binding: Binding, level: int) -> None:
 
 
 _binder: Optional[Binder] = None
-_record_lock = threading.Lock()   # task threads catching up at once record in turn
 
 
 def process_binder() -> Binder:

@@ -48,7 +48,9 @@ class Binding(namedtuple("Binding", "status reason cpus cpu_nodes mem_nodes memo
     #: per thread, so a bind or follow on a thread other than main (an async actor's
     #: event loop, a threaded actor's pool) leaves main, and the threads it starts, with
     #: the old one until main runs a task. One ``{"tid", "main", "memory", "nodes"}``
-    #: per live thread; () (the default) when they all have ``memory``/``mem_nodes``.
+    #: per live thread (``memory`` "not set by ray-numa" for one it never set a policy
+    #: on: it has what it inherited); () (the default) when the threads ray-numa set
+    #: agree with ``memory``/``mem_nodes``.
     thread_policies: Tuple[Dict[str, Any], ...]
 
     def as_dict(self) -> Dict[str, Any]:

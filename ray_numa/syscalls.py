@@ -14,6 +14,7 @@ from typing import Iterable, Optional, Tuple
 MODES = {"default": 0, "preferred": 1, "bind": 2, "interleave": 3, "local": 4,
          "preferred_many": 5}
 MODE_NAMES = {v: k for k, v in MODES.items()}
+MPOL_F_ADDR = 2
 MPOL_F_MEMS_ALLOWED = 4
 #: mbind(2): move the range's pages that this process alone maps (never MPOL_MF_MOVE_ALL,
 #: which with CAP_SYS_NICE moves pages other processes map too).
@@ -76,6 +77,16 @@ def get_mempolicy() -> Tuple[str, Tuple[int, ...]]:
     _call("get_mempolicy", "get_mempolicy()", ctypes.byref(mode), mask,
           ctypes.c_ulong(_MAX_NODES), None, ctypes.c_ulong(0))
     return MODE_NAMES.get(mode.value & 0xFF, str(mode.value)), _nodes(mask)
+
+
+def vma_policy(addr: int) -> str:
+    """The mode of the policy the mapping at ``addr`` carries itself (``MPOL_F_ADDR``);
+    ``"default"`` when it has none (get_mempolicy(2))."""
+    mode = ctypes.c_int()
+    mask = _Mask()
+    _call("get_mempolicy", f"get_mempolicy(MPOL_F_ADDR, {addr:#x})", ctypes.byref(mode),
+          mask, ctypes.c_ulong(_MAX_NODES), ctypes.c_void_p(addr), ctypes.c_ulong(MPOL_F_ADDR))
+    return MODE_NAMES.get(mode.value & 0xFF, str(mode.value))
 
 
 def mems_allowed() -> Tuple[int, ...]:

@@ -140,6 +140,29 @@ def test_permission_ladder_falls_back_and_names_sys_nice():
     assert any(SYS_NICE_FIX in n for n in applied.notes)
 
 
+def test_no_syscall_numbers_say_so_not_add_sys_nice(monkeypatch):
+    """On an architecture ray-numa has no syscall numbers for (riscv64, s390x) the
+    real set_mempolicy wrapper raises ENOSYS: the note must not send the user to add
+    SYS_NICE, which would not help."""
+    from ray_numa import syscalls
+    from ray_numa.apply import NO_MEMPOLICY, SYS_NICE_FIX, apply_plan
+    from ray_numa.policy import Plan
+    monkeypatch.setattr(syscalls.platform, "machine", lambda: "riscv64")
+
+    class Riscv:
+        name = "riscv"
+        def set_affinity(self, cpus):
+            return 1
+        def set_mempolicy(self, mode, nodes):
+            syscalls.set_mempolicy(mode, nodes)
+
+    plan = Plan(cpus=frozenset({0}), cpu_nodes=(0,), mem_nodes=(0,), memory="bind", reason="t")
+    applied = apply_plan(plan, Riscv(), migrate=True, all_nodes=[0, 1])
+    assert applied.memory == "none"
+    assert any(NO_MEMPOLICY in n for n in applied.notes)
+    assert not any(SYS_NICE_FIX in n for n in applied.notes)
+
+
 def test_log_level_env_controls_the_binding_line():
     code = '''
         from ray_numa import bind_current_process

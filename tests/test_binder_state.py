@@ -4,6 +4,8 @@ the next task, strict failures, and following a selected device in between.
 On the DGX H100 fixture (GPUs 0-3 on node 0, 4-7 on node 1) the recording backend
 stands in, so every assertion is on the exact calls the process would have made.
 """
+import threading
+
 import pytest
 
 from ray_numa.apply import BindError
@@ -91,6 +93,58 @@ def test_pages_move_once_when_ray_says_max_calls(binder, pooled, memory):
     first = binder.bind(parse("auto"), ["4"], gpu_rule="assigned", pooled=True)
     assert [c[0] for c in first.calls] == ["sched_setaffinity", "set_mempolicy"]
     settled = binder.settle(pooled=pooled, why="test")
-    moves = [c for c in settled.calls if c[0] == "migrate_pages"]
-    assert moves == [("migrate_pages", "0", "1")] and settled.memory == memory
+    moves = [c for c in settled.calls if c[0] == "mbind_move"]
+    assert moves == [("mbind_move", "0", "1")] and settled.memory == memory
     assert settled.calls[-1] == moves[0]            # after the policy it ended with
+
+
+def test_a_catch_up_records_the_policy_it_set_not_one_a_follow_wanted_meanwhile(binder):
+    """set_mempolicy(2) sets the calling thread's policy; when a follow on another
+    thread moves ``wanted`` on while a pool thread catches up, the record keeps what
+    the pool thread got, and it catches up again at its next task."""
+    from ray_numa.apply import catch_up
+    threads = binder.backend.threads
+    threads.took(("bind", (0,)))
+    real = binder.backend.set_mempolicy
+
+    def set_mempolicy(mode, nodes):       # a follow takes over during the syscall
+        real(mode, nodes)
+        follow = threading.Thread(target=threads.took, args=(("bind", (1,)),))
+        follow.start(), follow.join()
+    binder.backend.set_mempolicy = set_mempolicy
+    out = {}
+
+    def pool():
+        out["first"] = catch_up(binder.backend)
+        out["recorded"] = threads.by_thread[threading.get_native_id()]
+        binder.backend.set_mempolicy = real
+        out["again"] = catch_up(binder.backend)
+    t = threading.Thread(target=pool)
+    t.start(), t.join()
+    assert out == {"first": True, "recorded": ("bind", (0,)), "again": True}
+    assert binder.backend.calls[-2:] == [("set_mempolicy", "bind", "0"),
+                                         ("set_mempolicy", "bind", "1")]
+
+
+def test_a_catch_up_never_republishes_the_binding_a_follow_replaced(binder):
+    """Catch-up and follow record under one lock, and the catch-up reads the binding
+    under it: the follow's record is the one left."""
+    binder.bind(parse("auto"), ["0"], gpu_rule="assigned")
+    paused, go = threading.Event(), threading.Event()
+    real = binder._thread_policies
+
+    def thread_policies():
+        if threading.current_thread().name == "pool":
+            paused.set(), go.wait()
+        return real()
+    binder._thread_policies = thread_policies
+    pool = threading.Thread(target=binder.catch_up, name="pool")
+    pool.start(), paused.wait()
+    follow = threading.Thread(target=lambda: binder._record(
+        binder.binding._replace(gpus=("0", "1"), gpu_rule="followed device")))
+    follow.start()
+    follow.join(timeout=1)       # without the lock it has recorded by now
+    go.set()
+    pool.join(), follow.join()
+    assert binder.binding.gpu_rule == "followed device"
+    assert binder.binding.gpus == ("0", "1")

@@ -24,7 +24,7 @@ NODE_CPUS = {0: "0-55,112-167", 1: "56-111,168-223"}     # DGX H100
 def calls_for(node: int):
     return [["sched_setaffinity", "all-threads", NODE_CPUS[node]],
             ["set_mempolicy", "bind", str(node)],
-            ["migrate_pages", str(1 - node), str(node)]]
+            ["mbind_move", str(1 - node), str(node)]]
 
 
 @pytest.fixture
@@ -330,3 +330,26 @@ def test_threads_that_agree_leave_no_thread_record(dgx):
     '''), env=dgx)
     assert r["binding"]["thread_policies"] == [] and r["binding"]["mem_nodes"] == [1]
     assert [list(c) for c in r["binding"]["calls"]] == calls_for(0) + calls_for(1)
+
+
+def test_a_thread_ray_numa_never_set_is_listed_as_such(dgx):
+    """A thread that runs no Ray task hook (another concurrency group's event loop,
+    Serve's user-code thread) never catches up: while the threads disagree the record
+    lists it too, as not set by ray-numa, not leaves it out."""
+    r = child_report(with_torch('''
+        from ray_numa import bind_current_process, current_binding
+        import torch
+        bind_current_process(2)                  # node 0, on main
+        stop = threading.Event()
+        idle = threading.Thread(target=stop.wait)   # e.g. a concurrency group's loop
+        idle.start()
+        def select():
+            torch.cuda.set_device(6)             # node 1, on this thread only
+        t = threading.Thread(target=select)
+        t.start(); t.join()
+        lagging = current_binding().as_dict()
+        stop.set(); idle.join()
+        report(lagging=lagging, idle=idle.native_id)
+    '''), env=dgx)
+    listed = {t["tid"]: (t["memory"], t["nodes"]) for t in r["lagging"]["thread_policies"]}
+    assert listed[r["idle"]] == ("not set by ray-numa", [])

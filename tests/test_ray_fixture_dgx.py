@@ -27,7 +27,7 @@ def expected_calls(gpu: str, memory: str = "bind"):
     node = 0 if int(gpu) < 4 else 1
     return [["sched_setaffinity", "all-threads", NODE_CPUS[node]],
             ["set_mempolicy", memory, "" if memory == "local" else str(node)],
-            ["migrate_pages", str(1 - node), str(node)]]
+            ["mbind_move", str(1 - node), str(node)]]
 
 
 def test_eight_actors_each_bind_to_their_gpus_node(ray):

@@ -32,7 +32,7 @@ def test_preferred_over_several_nodes_is_preferred_many_and_migrates_home():
     backend = Kernel({})
     applied = apply_plan(NPS4_SOCKET, backend, migrate=True, all_nodes=range(8))
     assert ("set_mempolicy", "preferred_many", "0-3") in backend.calls
-    assert ("migrate_pages", "4-7", "1") in backend.calls
+    assert ("mbind_move", "4-7", "1") in backend.calls
     assert applied.memory == "preferred" and applied.mem_nodes == (0, 1, 2, 3)
     assert numactl_argv(NPS4_SOCKET)[-1] == "--preferred-many=0-3"
 
@@ -41,7 +41,7 @@ def test_kernel_without_preferred_many_prefers_the_gpus_node():
     backend = Kernel({"preferred_many": errno.EINVAL})
     applied = apply_plan(NPS4_SOCKET, backend, migrate=True, all_nodes=range(8))
     assert backend.calls[-2:] == [("set_mempolicy", "preferred", "1"),
-                                  ("migrate_pages", "0,2-7", "1")]
+                                  ("mbind_move", "0,2-7", "1")]
     assert applied.memory == "preferred" and applied.mem_nodes == (1,)
     assert numactl_argv(NPS4_SOCKET, "preferred", (1,))[-1] == "--preferred=1"
 
