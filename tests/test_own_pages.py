@@ -10,6 +10,7 @@ tier checks where the pages end up on a real 2-node kernel.
 """
 import shutil
 import subprocess
+import textwrap
 
 import pytest
 
@@ -123,16 +124,22 @@ def test_a_bind_moves_the_private_buffer_and_leaves_the_shared_segment(tmp_path)
     assert r["policy"] == "default"      # no mapping policy left behind
 
 
+#: Child-script prelude: every ``syscalls.mbind`` call after ``syscalls.mbind = mbind``
+#: is recorded in ``calls`` as [start, end, mode] and then made.
+RECORD_MBIND = textwrap.indent("""
+from ray_numa import apply, syscalls
+calls = []
+real = syscalls.mbind
+def mbind(start, length, mode, nodes=(), flags=0):
+    calls.append([start, start + length, mode])
+    real(start, length, mode, nodes, flags)
+""", " " * 8)   # as indented as the scripts it precedes
+
+
 def test_a_mapping_with_a_policy_of_its_own_keeps_it():
     """libnuma's numa_alloc_interleaved/onnode mbind their buffer; migrating must not
     replace that policy with MPOL_DEFAULT (get_mempolicy(2) MPOL_F_ADDR reads it)."""
-    r = child_report('''
-        from ray_numa import apply, syscalls
-        calls = []
-        real = syscalls.mbind
-        def mbind(start, length, mode, nodes=(), flags=0):
-            calls.append([start, start + length, mode])
-            real(start, length, mode, nodes, flags)
+    r = child_report(RECORD_MBIND + '''
         buf, addr = touch_buffer(8)
         syscalls.mbind(addr, 8 << 20, "interleave", [0])
         syscalls.mbind = mbind
@@ -156,14 +163,8 @@ def test_a_private_mapping_of_a_file_on_another_tmpfs_leaves_the_files_policy(tm
     mbind over a private mapping of its file would set the FILE's shared policy, which
     other processes allocate by (and MPOL_MF_MOVE would move the file's pages), so no
     mbind call covers it; a shared policy another process set on a file survives."""
-    r = child_report('''
+    r = child_report(RECORD_MBIND + '''
         import ctypes, mmap
-        from ray_numa import apply, syscalls
-        calls = []
-        real = syscalls.mbind
-        def mbind(start, length, mode, nodes=(), flags=0):
-            calls.append([start, start + length, mode])
-            real(start, length, mode, nodes, flags)
         def mapping(name, policy):
             fd = os.open(os.path.join(os.environ["DIR"], name), os.O_RDWR | os.O_CREAT)
             os.ftruncate(fd, 4 << 20)
