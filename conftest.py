@@ -38,11 +38,12 @@ def machine_tree():
 
 @pytest.fixture
 def on_machine(machine_tree, monkeypatch):
-    """``on_machine(name)`` points ray-numa at a fixture machine for this test."""
+    """``on_machine(name)`` points ray-numa at a fixture machine for this test (a name
+    from ``tests/fixtures/machines.py``, or the Path of a tree such as a real dump)."""
     from ray_numa import gpus, topology, binding
 
-    def use(name: str) -> Path:
-        root = machine_tree(name)
+    def use(name) -> Path:
+        root = name if isinstance(name, Path) else machine_tree(name)
         monkeypatch.setenv("RAY_NUMA_FIXTURE", str(root))
         topology._cached_topology.cache_clear()
         gpus._discover.cache_clear()

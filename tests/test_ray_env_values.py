@@ -12,18 +12,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ray_cluster
 from ray_numa import environment
 from tests.inspect_proc import inspect
+# the module's cluster: 8 fake GPUs seen as a DGX H100
+from tests.test_ray_fixture_dgx import ray  # noqa: F401
 from tests.test_env_values import TEXT
 
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def ray(machine_tree):
-    with ray_cluster(fixture_root=machine_tree("dgx-h100"), num_gpus=8) as ray:
-        yield ray
 
 
 VARIABLES = (environment.LOG_LEVEL_ENV, environment.DISABLE_ENV, environment.FIXTURE_ENV)

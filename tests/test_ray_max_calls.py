@@ -10,17 +10,14 @@ fixture, so the recording backend records each ``set_mempolicy`` the worker made
 """
 import pytest
 
-from conftest import ray_cluster
 from ray_numa.binding import POOLED_NOTE
 from tests.inspect_proc import inspect
+# the module's cluster: 8 fake GPUs seen as a DGX H100
+from tests.test_ray_fixture_dgx import ray  # noqa: F401
 
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def ray(machine_tree):
-    with ray_cluster(fixture_root=machine_tree("dgx-h100"), num_gpus=8) as ray:
-        yield ray
 
 
 def mempolicy_calls(binding):

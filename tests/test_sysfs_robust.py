@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ray_numa import (bind_current_process, binding, cli, gpu_table, gpus, prepared,
-                      topology)
+from ray_numa import bind_current_process, cli, gpu_table, prepared, topology
 from ray_numa.binding import Binding
 from ray_numa.cpusets import format_cpulist, parse_cpulist
 from ray_numa.options import parse
@@ -71,18 +70,12 @@ def machine(root: Path, dest: Path, nvml: bool = True) -> Path:
 
 
 @pytest.fixture
-def use(monkeypatch):
-    """``use(fixture_dir)``: ray-numa reads that machine, afresh (conftest.on_machine)."""
-    def point(root: Path) -> None:
-        monkeypatch.setenv("RAY_NUMA_FIXTURE", str(root))
-        monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        topology._cached_topology.cache_clear()
-        gpus._discover.cache_clear()
-        monkeypatch.setattr(binding, "_binder", None)
-    yield point
-    topology._cached_topology.cache_clear()
-    gpus._discover.cache_clear()
+def use(on_machine, monkeypatch):
+    """``use(fixture_dir)``: ray-numa reads that machine, afresh (conftest.on_machine),
+    with CUDA's ids in PCI order and every GPU visible."""
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return on_machine
 
 
 # -- the readers, each against what the kernel really writes -------------------------
