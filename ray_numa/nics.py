@@ -7,17 +7,25 @@ same way), and a machine this cannot read yields fewer facts, never an exception
 Facts relied on (all world-readable):
 
 - ``class/infiniband/<dev>/device``: a link to the RDMA device's PCI function
-  (InfiniBand HCAs and RoCE NICs alike: the kernel's ib_core registers both);
+  (InfiniBand HCAs and RoCE NICs alike: the kernel's ib_core registers both), or to
+  a device below it (an auxiliary device), placed at the nearest PCI function;
 - ``class/infiniband/<dev>/ports/<n>/state`` (``4: ACTIVE``), ``link_layer``
   (``InfiniBand`` | ``Ethernet``) and ``rate`` (``400 Gb/sec (4X NDR)``);
 - ``class/infiniband/<dev>/device/net/*``: the netdev(s) of the function (RoCE);
 - ``bus/pci/devices/<bdf>``: a link into ``devices/pciDDDD:BB/<root port>/.../<bdf>``,
   whose components are the PCI bridges between the device and its host bridge;
 - ``bus/pci/devices/<bdf>/numa_node``: the device's NUMA node (-1: unknown);
-- ``class/infiniband/<dev>/device/physfn``: present on an SR-IOV virtual function
+- ``bus/pci/devices/<bdf>/physfn``: present on an SR-IOV virtual function
   (the kernel's link to its physical function), absent on the physical one;
 - ``class/infiniband/<dev>/device/infiniband_verbs/uverbs<N>``: the verbs device
-  (``/dev/infiniband/uverbs<N>``) through which user space (libibverbs) uses it.
+  (``/dev/infiniband/uverbs<N>``) through which user space (libibverbs) uses it;
+  else ``class/infiniband_verbs/uverbs<N>/ibdev``, the device's name (the kernel's
+  ``ibdev_show``), which is there for every device, software ones included;
+- a software RoCE device (``rdma_rxe``) has no ``device`` link (the kernel registers
+  it under ``devices/virtual/infiniband``); its traffic goes through the netdev of its
+  port's GIDs, ``ports/<n>/gid_attrs/ndevs/0`` (Documentation/ABI/stable/
+  sysfs-class-infiniband), whose ``class/net/<netdev>/device`` leads to the PCI
+  function it is placed at.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import os
 import re
 from collections import namedtuple
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from .topology import _read
 
@@ -102,8 +110,8 @@ class Port(namedtuple("Port", "number state link_layer rate_gbps")):
         return self.state == "ACTIVE"
 
 
-class RdmaNic(namedtuple("RdmaNic", "name bdf ports netdevs place verbs",
-                         defaults=("",))):
+class RdmaNic(namedtuple("RdmaNic", "name bdf ports netdevs place verbs via",
+                         defaults=("", ""))):
     """One RDMA device (``mlx5_0``), its ports, its netdevs and its PCI place."""
     __slots__ = ()
     name: str
@@ -112,6 +120,7 @@ class RdmaNic(namedtuple("RdmaNic", "name bdf ports netdevs place verbs",
     netdevs: Tuple[str, ...]
     place: Optional[PciPlace]
     verbs: str                    # "uverbs0": its verbs device; "" if sysfs has none
+    via: str                      # a software device's netdev ("eth1"); "" for a PCI one
 
 
 def _port(port_dir: Path) -> Optional[Port]:
@@ -133,6 +142,42 @@ def _listdir(path: Path) -> Tuple[str, ...]:
         return ()
 
 
+_NETDEV = re.compile(r"^[^/\s]{1,15}$")      # IFNAMSIZ - 1, no slash or space
+
+
+def _function(path: Path) -> str:
+    """The PCI function a sysfs device path resolves into (the nearest BDF component:
+    a virtio-net netdev's ``device`` is ``.../<bdf>/virtio3``), or ""."""
+    try:
+        parts = os.path.realpath(path).split(os.sep)
+    except (OSError, ValueError):
+        return ""
+    return next((p for p in reversed(parts) if _BDF.match(p)), "")
+
+
+def _soft_function(sys_root: Path, dev: Path, ports: Tuple[str, ...]) -> Tuple[str, str]:
+    """A software RDMA device's PCI function and netdev, by its first port whose GID 0
+    has a netdev with a PCI function behind it; ("", "") if none has."""
+    for port in ports:
+        name = _text(dev / "ports" / port / "gid_attrs/ndevs/0")
+        if _NETDEV.match(name) and name not in (".", ".."):
+            bdf = _function(sys_root / "class/net" / name / "device")
+            if bdf:
+                return bdf, name
+    return "", ""
+
+
+def _verbs_by_device(sys_root: Path) -> Dict[str, str]:
+    """``class/infiniband_verbs/uverbs<N>/ibdev``: device name -> its verbs device."""
+    base = sys_root / "class/infiniband_verbs"
+    out: Dict[str, str] = {}
+    for verbs in _listdir(base):
+        name = _text(base / verbs / "ibdev")
+        if verbs.startswith("uverbs") and name:
+            out.setdefault(name, verbs)
+    return out
+
+
 def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
     """Every RDMA physical function under ``sys_root/class/infiniband``, in PCI order
     (:func:`bdf_order`), as NCCL numbers them.
@@ -141,23 +186,35 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
     function (``ncclIbGetPciPath`` with ``NCCL_IB_MERGE_VFS=1``, the default, zeroes
     the device and function of its PCI path), so a VF is not another NIC to spread
     GPUs over, nor another NIC for UCX's "all" to use.
+
+    A software RoCE device is placed at its netdev's PCI function (module doc), and
+    left out where a PCI RDMA device sits on that function: it is the same NIC, which
+    the hardware device drives. NCCL, which follows only the ``device`` link, does not
+    place a software device at all (``ncclIbGetPciPath`` finds no real path).
     """
     base = sys_root / "class/infiniband"
     nics = []
+    verbs_of = None
     for name in _listdir(base):
         dev = base / name
-        try:
-            bdf = os.path.basename(os.path.realpath(dev / "device"))
-        except OSError:
-            continue
-        if not _BDF.match(bdf):
-            continue          # no PCI function behind it (e.g. a parentless soft device)
-        if os.path.lexists(dev / "device/physfn"):
+        port_names = _listdir(dev / "ports")
+        bdf, via = _function(dev / "device"), ""
+        if not bdf:
+            bdf, via = _soft_function(sys_root, dev, port_names)
+            if not bdf:
+                continue      # no PCI function behind it, nor behind its netdev
+        if os.path.lexists(sys_root / "bus/pci/devices" / bdf / "physfn"):
             continue          # an SR-IOV VF: part of its physical function
-        ports = tuple(p for p in (_port(dev / "ports" / n) for n in _listdir(dev / "ports"))
+        ports = tuple(p for p in (_port(dev / "ports" / n) for n in port_names)
                       if p is not None)
         verbs = [v for v in _listdir(dev / "device/infiniband_verbs") if v.startswith("uverbs")]
+        if not verbs or via:
+            verbs_of = _verbs_by_device(sys_root) if verbs_of is None else verbs_of
+            verbs = [verbs_of[name]] if name in verbs_of else []
         nics.append(RdmaNic(name=name, bdf=bdf, ports=ports,
-                            netdevs=_listdir(dev / "device/net"),
-                            place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else ""))
-    return tuple(sorted(nics, key=lambda n: (bdf_order(n.bdf), n.name)))
+                            netdevs=(via,) if via else _listdir(dev / "device/net"),
+                            place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else "",
+                            via=via))
+    hardware = {n.bdf for n in nics if not n.via}
+    nics = [n for n in nics if not (n.via and n.bdf in hardware)]
+    return tuple(sorted(nics, key=lambda n: (bdf_order(n.bdf), bool(n.via), n.name)))

@@ -270,3 +270,59 @@ def test_nic_order_is_pci_order_as_in_nccl(tmp_path):
     assert [n.bdf for n in nics][:2] == ["0000:03:00.0", "0002:03:00.0"]
     assert chosen[0].nets == ("mlx5_1:1",) and chosen[1].nets == ("mlx5_0:1",)
     assert bdf_order("0000:03:00.1") < bdf_order("0000:03:01.0") < bdf_order("0002:00:00.0")
+
+
+# --- software RoCE (rdma_rxe): no PCI parent, placed by its netdev ----------------------
+
+def test_soft_roce_is_placed_at_its_netdevs_function(machine_tree):
+    """The VM tier's guest as a fixture (paths as its 6.1 kernel showed them): rxe
+    devices live under ``devices/virtual/infiniband``, their netdevs are virtio-net
+    functions (``net/eth1/device`` -> ``<bdf>/virtio3``), their verbs devices are named
+    only in ``class/infiniband_verbs/uverbsN/ibdev``. GPU 81:00.0 shares host bridge
+    pci0000:80 with rxe_n1's function (PHB), and rxe_n0 is on node 0 (SYS)."""
+    places, nics, chosen = _nets(machine_tree, "soft-roce-vm")
+    assert [(n.name, n.bdf, n.via, n.verbs, n.netdevs) for n in nics] == [
+        ("rxe_n0", "0000:41:00.0", "eth0", "uverbs0", ("eth0",)),
+        ("rxe_n1", "0000:82:00.0", "eth1", "uverbs1", ("eth1",))]
+    assert matrix(places, nics) == [["SYS", "PHB"]]
+    assert chosen[0].nets == ("rxe_n1:1",) and chosen[0].path == "PHB"
+
+
+def test_soft_roce_over_a_hardware_nics_netdev_is_the_same_nic(tmp_path):
+    """rxe over mlx5_0's own netdev is mlx5_0 again: it is left out (not a second NIC
+    to spread GPUs over), and mlx5_0 is chosen as before."""
+    root = build_spec(_spec("dgx-h100-net"), tmp_path / "t")
+    sys_root = root / "sys"
+    func = os.path.realpath(sys_root / "class/infiniband/mlx5_0/device")
+    os.makedirs(sys_root / "class/net")
+    os.symlink(os.path.join(func, "net/ibp24s0"), sys_root / "class/net/ibp24s0")
+    os.symlink("../..", os.path.join(func, "net/ibp24s0/device"))
+    virtual = sys_root / "devices/virtual/infiniband/rxe0"
+    (virtual / "ports/1/gid_attrs/ndevs").mkdir(parents=True)
+    (virtual / "ports/1/state").write_text("4: ACTIVE\n")
+    (virtual / "ports/1/link_layer").write_text("Ethernet\n")
+    (virtual / "ports/1/rate").write_text("400 Gb/sec (4X NDR)\n")
+    (virtual / "ports/1/gid_attrs/ndevs/0").write_text("ibp24s0\n")
+    os.symlink("../../devices/virtual/infiniband/rxe0", sys_root / "class/infiniband/rxe0")
+    places, nics, chosen = _nets_at(root)
+    assert "rxe0" not in [n.name for n in nics]
+    assert chosen[0].nets == ("mlx5_0:1",) and chosen[0].path == "PIX"
+
+
+@pytest.mark.parametrize("netdev", [None, "", "\0", "bond0", "eth9", "../../..",
+                                    "a" * 40, "lo"])
+def test_soft_roce_without_a_pci_netdev_is_skipped(machine_tree, tmp_path, netdev):
+    """A bond, a VLAN or a missing/garbled GID netdev: no PCI function to place the
+    device at, so it is not a NIC here (as before), and nothing raises."""
+    import shutil
+    root = tmp_path / "t"
+    shutil.copytree(machine_tree("soft-roce-vm"), root, symlinks=True)
+    ndev = root / "sys/devices/virtual/infiniband/rxe_n1/ports/1/gid_attrs/ndevs/0"
+    ndev.unlink()
+    if netdev is not None:
+        ndev.write_text(netdev + "\n")
+    (root / "sys/class/net/lo").symlink_to("../../devices/virtual/net/lo")
+    (root / "sys/devices/virtual/net/lo").mkdir(parents=True)
+    places, nics, chosen = _nets_at(root)
+    assert [n.name for n in nics] == ["rxe_n0"]
+    assert chosen[0].nets == ("rxe_n0:1",) and chosen[0].path == "SYS"

@@ -7,7 +7,8 @@ takes seconds; batch checks into few boots.
 
 Layouts (the guest renumbers nodes, so tests read the guest's sysfs):
 * ``two-node``: CPU 0 + 1 GiB on node 0, CPU 1 + 1 GiB on node 1, and a PCI function
-  (e1000e, standing in for a GPU) on node 1 at 0000:81:00.0.
+  (e1000e, standing in for a GPU) on node 1 at 0000:81:00.0; two virtio-net functions,
+  0000:82:00.0 on the same host bridge and 0000:41:00.0 on node 0's, for software RoCE.
 * ``four-node``: nodes with CPU+memory (0, 1), a CPU-less node with memory, and a
   memory-less node with two CPUs.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -33,12 +35,21 @@ from typing import Dict, List
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]          # this checkout, shared with the guest at the same path
 # Loaded in this order (virtio_ring before virtio, 9pnet before 9p).
+# Then virtio-net and software RoCE (rdma_rxe needs the crc32 shash: ENOENT without it).
 MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
-           "virtio_pci", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p"]
+           "virtio_pci", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p",
+           "failover", "net_failover", "virtio_net", "crc32_generic", "ib_core", "ib_uverbs",
+           "udp_tunnel", "ip6_udp_tunnel", "rdma_rxe"]
 PCI_ON_NODE1 = ["-nic", "none", "-device", "pxb-pcie,id=pxb1,bus_nr=128,numa_node=1,bus=pcie.0",
                 "-device", "pcie-root-port,id=rp1,bus=pxb1,chassis=1",
                 "-device", "e1000e,bus=rp1"]
 GPU_STANDIN_BUS = "0000:81:00.0"
+# Two virtio-net functions (no backend: link up, nothing sent), for tests/vm/soft_roce.py's
+# rxe devices: 0000:82:00.0 beside the GPU stand-in on node 1's host bridge (PHB), and
+# 0000:41:00.0 on a host bridge of node 0 (SYS from the GPU).
+NICS = ["-device", "pcie-root-port,id=rp2,bus=pxb1,chassis=2", "-device", "virtio-net-pci,bus=rp2",
+        "-device", "pxb-pcie,id=pxb0,bus_nr=64,numa_node=0,bus=pcie.0",
+        "-device", "pcie-root-port,id=rp0,bus=pxb0,chassis=3", "-device", "virtio-net-pci,bus=rp0"]
 
 
 def _mem(i: int, size: str) -> List[str]:
@@ -48,7 +59,7 @@ def _mem(i: int, size: str) -> List[str]:
 LAYOUTS: Dict[str, List[str]] = {
     "two-node": ["-smp", "2", "-m", "2G", *_mem(0, "1G"), *_mem(1, "1G"),
                  "-numa", "node,nodeid=0,cpus=0,memdev=m0",
-                 "-numa", "node,nodeid=1,cpus=1,memdev=m1", *PCI_ON_NODE1],
+                 "-numa", "node,nodeid=1,cpus=1,memdev=m1", *PCI_ON_NODE1, *NICS],
     "four-node": ["-smp", "4", "-m", "1536M", *_mem(0, "512M"), *_mem(1, "512M"),
                   *_mem(2, "512M"),
                   "-numa", "node,nodeid=0,cpus=0,memdev=m0",
@@ -93,7 +104,8 @@ def cache_dir() -> Path:
 
 
 def missing_tools() -> List[str]:
-    need = {"qemu-system-x86_64": "qemu-system-x86", "apt-get": "apt", "dpkg-deb": "dpkg"}
+    need = {"qemu-system-x86_64": "qemu-system-x86", "apt-get": "apt", "dpkg-deb": "dpkg",
+            "rdma": "iproute2"}
     out = [pkg for tool, pkg in need.items() if shutil.which(tool) is None]
     if not Path("/bin/busybox").exists():
         out.append("busybox-static")
@@ -141,10 +153,16 @@ def _cpio_newc(entries: List[tuple]) -> bytes:
 
 
 def initramfs() -> Path:
-    target = cache_dir() / "initrd.gz"
-    if target.exists() and target.stat().st_mtime >= (HERE / "init.sh").stat().st_mtime:
-        return target
+    """The cached initramfs for this init.sh and module list (a change to either, or to
+    the kernel, makes another; stale ones are removed)."""
     kroot = kernel()
+    key = hashlib.sha256((HERE / "init.sh").read_bytes() + "\n".join(
+        MODULES + [str(next(kroot.glob("boot/vmlinuz-*")))]).encode()).hexdigest()[:12]
+    target = cache_dir() / f"initrd-{key}.gz"
+    if target.exists():
+        return target
+    for stale in cache_dir().glob("initrd*.gz"):
+        stale.unlink()
     moddir = next((kroot / "lib/modules").iterdir())
     entries = [(d, 0o40755, b"") for d in ("bin", "mods", "host", "loose", "proc", "sys",
                                                    "dev", "tmp")]

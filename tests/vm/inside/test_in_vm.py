@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from tests.procs import ROOT, child_report
 pytestmark = pytest.mark.skipif(os.environ.get("RAY_NUMA_IN_VM") != "1",
                                 reason="runs inside the VM tier (tests/vm)")
 BUS = "0000:81:00.0"
-TOPO = read_topology(__import__("pathlib").Path("/sys"))
+TOPO = read_topology(Path("/sys"))
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +81,15 @@ def test_pages_touched_before_an_in_process_bind_are_migrated(nvml_fixture, migr
 
 @two_node
 def test_exec_binds_the_command_to_the_gpus_node(nvml_fixture):
-    code = ("from tests.inspect_proc import *; buf, addr = touch_buffer(256); "
-            "report(pages=node_pages(addr), show=numactl_show())")
-    proc = subprocess.run([sys.executable, "-m", "ray_numa.cli", "exec", "--gpu", "0", "--",
-                           sys.executable, "-c", code], capture_output=True, text=True,
+    """... and with ``--nic auto`` points it at the software RoCE device beside its GPU
+    (tests/vm/soft_roce.py), the real kernel's sysfs and /dev/infiniband deciding."""
+    code = ("import os; from tests.inspect_proc import *; buf, addr = touch_buffer(256); "
+            "report(pages=node_pages(addr), show=numactl_show(), env={k: os.environ.get(k) "
+            "for k in ('UCX_NET_DEVICES', 'NVSHMEM_HCA_LIST', 'UCCL_P2P_RDMA_DEV', "
+            "'NCCL_IB_HCA')})")
+    proc = subprocess.run([sys.executable, "-m", "ray_numa.cli", "exec", "--gpu", "0",
+                           "--nic", "auto", "--", sys.executable, "-c", code],
+                          capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), **nvml_fixture),
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -92,6 +98,33 @@ def test_exec_binds_the_command_to_the_gpus_node(nvml_fixture):
     assert r["show"]["policy"] == "bind" and r["show"]["membind"] == "1"
     pages = {int(k): v for k, v in r["pages"].items()}
     assert pages.get(1, 0) / sum(pages.values()) >= 0.99, pages
+    assert r["env"] == {"UCX_NET_DEVICES": "rxe_n1:1", "NVSHMEM_HCA_LIST": "rxe_n1:1",
+                        "UCCL_P2P_RDMA_DEV": "rxe_n1", "NCCL_IB_HCA": None}, r["env"]
+
+
+@two_node
+def test_soft_roce_nics_are_read_from_the_guest_kernel(nvml_fixture):
+    """rdma_rxe's devices as this kernel registers them (no PCI parent) are placed at
+    their netdevs' functions; ``ray-numa show`` gives GPU 0 the one on its host bridge."""
+    from ray_numa.nics import pci_place, read_nics
+    from ray_numa.pcipath import matrix
+    nics = read_nics(Path("/sys"))
+    assert [(n.name, n.bdf, n.place.numa_node) for n in nics] == [
+        ("rxe_n0", "0000:41:00.0", 0), ("rxe_n1", "0000:82:00.0", 1)], nics
+    for n in nics:
+        assert os.path.realpath("/sys/class/infiniband/" + n.name).startswith(
+            "/sys/devices/virtual/infiniband/")                   # parentless, really
+        assert n.bdf in os.path.realpath(f"/sys/class/net/{n.via}/device")
+        assert [(p.state, p.link_layer) for p in n.ports] == [("ACTIVE", "Ethernet")]
+        os.close(os.open(f"/dev/infiniband/{n.verbs}", os.O_RDWR))
+    assert matrix([(0, pci_place(Path("/sys"), BUS))], nics) == [["SYS", "PHB"]]
+    proc = subprocess.run([sys.executable, "-m", "ray_numa.cli", "show", "--json"],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **nvml_fixture))
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)["nics"]
+    assert shown["matrix"]["0"] == ["SYS", "PHB"], shown
+    assert shown["chosen"]["0"] == {"nets": ["rxe_n1:1"], "path": "PHB"}, shown
 
 
 def _node(pred):

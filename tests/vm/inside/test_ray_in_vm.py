@@ -5,6 +5,8 @@ The fake NVML (``tests/vm/nvml``) has a GPU at 0000:81:00.0, the e1000e stand-in
 guest kernel puts on node 1, so "auto" must land on node 1 by way of sysfs, and a second
 one that NVML puts on node 0, which the follow actors select from a thread other than
 main. All actors start together in one cluster: worker start is the slow part under TCG.
+The job asks for ``{"nic": "auto"}``: the GPU actor gets the software RoCE device beside
+its GPU (tests/vm/soft_roce.py made one per node), the CPU-only actor gets none.
 What the shims do to the driver (only) is in ``tests/vm/ray_shims.py``.
 """
 import os
@@ -26,6 +28,7 @@ TORCHLIB = str(Path(__file__).resolve().parents[2] / "standins" / "torchlib")
 ACTOR_TIMEOUT_S = 750     # 200 s measured on 2 loaded cores, 410 s when very loaded
 TOPO = read_topology(Path("/sys"))
 CPUS = {node: format_cpulist(TOPO.nodes[node].cpus) for node in TOPO.nodes}
+NIC_ENV = ("UCX_NET_DEVICES", "NVSHMEM_HCA_LIST", "UCCL_P2P_RDMA_DEV", "NCCL_IB_HCA")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,8 @@ def reports():
     from tests.vm import ray_shims
     ray_shims.install()
     from conftest import ray_cluster
-    with ray_cluster(fixture_root=NVML, job_runtime_env={"numa_bind": "auto"}, num_cpus=1,
+    with ray_cluster(fixture_root=NVML, job_runtime_env={"numa_bind": {"nic": "auto"}},
+                     num_cpus=1,
                      num_gpus=1, log_to_driver=False,
                      object_store_memory=80 << 20) as ray:
 
@@ -44,7 +48,8 @@ def reports():
                 from tests.inspect_proc import inspect, node_pages, numactl_show, touch_buffer
                 self.buf, addr = touch_buffer(64)      # kept alive for the driver's reading
                 return inspect(gpu_ids=[str(g) for g in ray.get_gpu_ids()],
-                               pages=node_pages(addr), show=numactl_show())
+                               pages=node_pages(addr), show=numactl_show(),
+                               env={k: os.environ.get(k) for k in NIC_ENV})
 
         # Issue 21.2: a 64 MiB object, its pages on node 1 (the driver's policy while it
         # writes it), read by an actor before that actor rebinds to node 0.
@@ -96,10 +101,10 @@ def reports():
         # event loop is covered with the recording backend (test_ray_thread_follow.py)
         followers = {"threaded": ray.remote(max_concurrency=2, **follow)(Follower).remote()}
         actors = {
-            "auto-gpu": ray.remote(num_gpus=0.5, num_cpus=0, runtime_env={"numa_bind": "auto"})(
-                Probe).remote(),
+            "auto-gpu": ray.remote(num_gpus=0.5, num_cpus=0,
+                                   runtime_env={"numa_bind": {"nic": "auto"}})(Probe).remote(),
             "node0": ray.remote(num_cpus=0, runtime_env={"numa_bind": 0})(Probe).remote(),
-            "cpu-only": ray.remote(num_cpus=0)(Probe).remote(),     # job-level "auto"
+            "cpu-only": ray.remote(num_cpus=0)(Probe).remote(),     # the job's {"nic": "auto"}
         }
         got = dict(zip(actors, ray.get([a.report.remote() for a in actors.values()],
                                        timeout=ACTOR_TIMEOUT_S)))
@@ -137,6 +142,24 @@ def test_auto_gpu_actor_is_bound_to_its_gpus_node(reports):
     assert r["gpu_ids"] == ["0"] and r["binding"]["gpus"] == ["0"]
     assert r["binding"]["cpu_nodes"] == [1] and r["binding"]["mem_nodes"] == [1], r["binding"]
     assert_bound_to(r, 1)
+
+
+def test_auto_gpu_actor_gets_the_nic_beside_its_gpu(reports):
+    """Issue 23: set in the worker before user code, the device on the GPU's host
+    bridge (PHB) rather than node 0's (SYS); NCCL_IB_HCA only when asked."""
+    r = reports["auto-gpu"]
+    assert r["env"] == {"UCX_NET_DEVICES": "rxe_n1:1", "NVSHMEM_HCA_LIST": "rxe_n1:1",
+                        "UCCL_P2P_RDMA_DEV": "rxe_n1", "NCCL_IB_HCA": None}, r["env"]
+    b = r["binding"]
+    assert b["nic"] == ["rxe_n1:1"] and b["nic_path"] == "PHB", b
+    assert b["nic_vars"] == ["UCX_NET_DEVICES=rxe_n1:1", "NVSHMEM_HCA_LIST=rxe_n1:1",
+                             "UCCL_P2P_RDMA_DEV=rxe_n1"], b
+
+
+def test_cpu_only_actor_gets_no_nic(reports):
+    r = reports["cpu-only"]
+    assert r["env"] == dict.fromkeys(NIC_ENV), r["env"]
+    assert not r["binding"]["nic"] and not r["binding"]["nic_vars"], r["binding"]
 
 
 def test_explicit_node_0_actor_runs_under_numactl(reports):
