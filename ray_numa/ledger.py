@@ -115,10 +115,10 @@ def ledger_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"{DIR_NAME}-{os.getuid()}"
 
 
-def _open_dir(create: bool) -> int:
-    """A descriptor of :func:`ledger_dir` once it shows a directory that only this
-    user can use; PermissionError (naming it and what is wrong) if not."""
-    path = ledger_dir()
+def _open_dir(create: bool, path: Optional[Path] = None) -> int:
+    """A descriptor of ``path`` (default :func:`ledger_dir`) once it shows a directory
+    that only this user can use; PermissionError (naming it and what is wrong) if not."""
+    path = ledger_dir() if path is None else path
     if create:
         os.makedirs(path.parent.parent, exist_ok=True)   # ~/.cache may not exist yet
         for folder in (path.parent, path):
@@ -248,24 +248,57 @@ def _records(folder: int) -> Iterator[Tuple[str, int]]:
             yield name, int(stem)
 
 
-def prune() -> None:
-    """Remove records of processes that have exited, and files that are no records."""
-    try:
-        folder = _open_dir(create=False)
-    except OSError:
-        return
-    try:
-        for name, pid in _records(folder):
+def _prune_folder(folder: int) -> int:
+    """Remove the records of exited processes, and files that are no records, from
+    ``folder`` (a descriptor); how many records are left."""
+    left = 0
+    for name, pid in _records(folder):
+        try:
+            stale = _load(folder, name, pid)["start_time"] != start_time(pid)
+        except FileNotFoundError:
+            continue
+        except (RecordError, OSError):   # not a record (a link, a forgery): goes too
+            stale = True
+        if stale:
             try:
-                stale = _load(folder, name, pid)["start_time"] != start_time(pid)
-            except FileNotFoundError:
+                os.unlink(name, dir_fd=folder)
                 continue
-            except (RecordError, OSError):   # not a record (a link, a forgery): goes too
-                stale = True
-            if stale:
-                try:
-                    os.unlink(name, dir_fd=folder)
-                except OSError:
-                    pass
-    finally:
-        os.close(folder)
+            except OSError:
+                pass
+        left += 1
+    return left
+
+
+def prune() -> None:
+    """Remove records of processes that have exited, and files that are no records, in
+    this session's directory and in those of this host's earlier sessions; an earlier
+    session's directory left empty goes too (each Ray session makes one, and a home
+    directory would otherwise collect them). Another host's directories (a shared home)
+    are its own to prune: its pids are not this host's."""
+    current = ledger_dir()
+    siblings = []
+    base = current.parent
+    if base.name == DIR_NAME and _users_alone(str(base)):
+        host = "@" + socket.gethostname()
+        siblings = sorted(n for n in _listdir(base) if n.endswith(host) and n != current.name)
+    for name in [current.name] + siblings:
+        try:
+            folder = _open_dir(create=False, path=base / name)
+        except OSError:
+            continue
+        try:
+            left = _prune_folder(folder)
+        finally:
+            os.close(folder)
+        if name != current.name and not left:
+            try:
+                os.rmdir(base / name)      # fails (and stays) if a worker just wrote there
+            except OSError:
+                pass
+
+
+def _listdir(path: Path) -> Tuple[str, ...]:
+    try:
+        return tuple(os.listdir(path))
+    except OSError:
+        return ()

@@ -180,6 +180,37 @@ def test_a_published_binding_dies_with_its_process():
     assert not (ledger.ledger_dir() / f"{quiet.stdout.split()[-1]}.json").exists()
 
 
+def test_prune_clears_this_hosts_ended_sessions_and_keeps_the_rest(tmp_path, monkeypatch):
+    """Every Ray session makes ``<session>@<host>``: once its workers have exited, the
+    audit's prune removes their records and the emptied directory. A live process's
+    record, this session's directory, another host's (a shared home) and anything
+    that is not this user's alone stay."""
+    from ray_numa import ledger
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    base, host = runtime / ledger.DIR_NAME, socket.gethostname()
+    dead = run_child("print(os.getpid())").stdout.split()[-1]      # exited by now
+    live = {"pid": os.getpid(), "start_time": ledger.start_time(),
+            "binding": {"status": "off", "reason": "", "cpus": "", "cpu_nodes": [],
+                        "mem_nodes": [], "memory": "", "gpus": [], "gpu_rule": "",
+                        "history": [], "backend": "", "notes": [], "calls": []}}
+    folders = {name: base / f"{name}@{h}" for name, h in (
+        ("session_ended", host), ("session_live", host), ("session_other", "otherhost"))}
+    for folder in folders.values():
+        folder.mkdir(parents=True, mode=0o700)
+        (folder / f"{dead}.json").write_text(json.dumps(dict(live, pid=int(dead))))
+    (folders["session_live"] / f"{os.getpid()}.json").write_text(json.dumps(live))
+    ledger.prune()
+    assert not folders["session_ended"].exists()
+    assert sorted(os.listdir(folders["session_live"])) == [f"{os.getpid()}.json"]
+    assert os.listdir(folders["session_other"]) == [f"{dead}.json"]
+    assert ledger.ledger_dir().parent == base        # (this test's own session: "local")
+    (base / f"session_open@{host}").mkdir(mode=0o755)       # others may write: not ours
+    ledger.prune()
+    assert (base / f"session_open@{host}").exists()
+
+
 @pytest.mark.parametrize("memory, mem_nodes, kernel, believed", [
     ("bind", [1], "bind:1", True),
     ("bind", [1], "bind:0", False),                 # the kind matches, the node does not
