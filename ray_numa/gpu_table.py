@@ -23,6 +23,7 @@ from typing import Any, Optional, Tuple
 from . import environment
 from .cuda_ids import Gpu, GpuResolutionError, resolve_visible
 from .gpus import discover_gpus
+from .shapes import NONE, problem, shape
 
 VERSION = 1
 VIA_AGENT = " (resolved once per node by the runtime-env agent)"
@@ -42,9 +43,17 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def _gpu(raw: dict) -> Gpu:
-    names = set(Gpu._fields)
-    return Gpu(**{k: _tuples(v) for k, v in raw.items() if k in names})
+#: Each ``Gpu`` field as :func:`encode` writes it.
+_FIELDS = {"index": shape(int), "bus_id": shape(str), "uuid": shape(str), "name": shape(str),
+           "compute_capability": shape(list, int, 2), "nvml_numa_node": shape((int, NONE)),
+           "mig_uuids": shape(list, str)}
+
+
+def _gpu(raw: Any) -> Gpu:
+    why = problem(raw, _FIELDS)
+    if why:
+        raise TypeError(f"a GPU of the table: {why}")
+    return Gpu(**{k: _tuples(raw[k]) for k in _FIELDS})
 
 
 @functools.lru_cache(maxsize=4)

@@ -33,18 +33,18 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
-from . import environment
+from . import environment, shapes
+from .shapes import shape
 
 DIR_NAME = "ray-numa-bindings"
 STATUSES = ("bound", "skipped", "off", "unbound")
 MAX_RECORD = 1 << 20      # bytes: a record is ~1 KiB; more is not one of ours
-_INT, _STR = (int,), (str,)
-#: The type of each field of a published binding (``Binding.as_dict()`` as JSON).
-_FIELDS: Dict[str, Tuple[type, Optional[Tuple[type, ...]]]] = {
-    "status": (str, None), "reason": (str, None), "cpus": (str, None),
-    "cpu_nodes": (list, _INT), "mem_nodes": (list, _INT), "memory": (str, None),
-    "gpus": (list, _STR), "gpu_rule": (str, None), "history": (list, (dict,)),
-    "backend": (str, None), "notes": (list, _STR), "calls": (list, (list,))}
+#: The shape of each field of a published binding (``Binding.as_dict()`` as JSON).
+_FIELDS = {
+    "status": shape(str), "reason": shape(str), "cpus": shape(str),
+    "cpu_nodes": shape(list, int), "mem_nodes": shape(list, int), "memory": shape(str),
+    "gpus": shape(list, str), "gpu_rule": shape(str), "history": shape(list, dict),
+    "backend": shape(str), "notes": shape(list, str), "calls": shape(list, list)}
 
 
 class RecordError(ValueError):
@@ -191,12 +191,9 @@ def problem(record: Any, pid: int) -> str:
     binding = record.get("binding")
     if not isinstance(binding, dict):
         return "its 'binding' is not an object"
-    for field, (kind, items) in _FIELDS.items():
-        value = binding.get(field)
-        if not isinstance(value, kind) or (items and not all(
-                type(v) in items for v in value)):
-            return f"its field {field!r} is not a {kind.__name__}" + (
-                f" of {items[0].__name__}" if items else "")
+    why = shapes.problem(binding, _FIELDS)
+    if why:
+        return why
     if binding["status"] not in STATUSES:
         return f"its status is not one of {', '.join(STATUSES)}"
     return ""

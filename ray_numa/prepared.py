@@ -23,7 +23,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from . import environment
 from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits
+from .options import MEMORY_POLICIES
 from .policy import Plan, Skip
+from .shapes import NONE, problem, shape
 
 VERSION = 1
 
@@ -41,12 +43,29 @@ def _encode(decision: Any) -> Dict[str, Any]:
     return {"plan": dict(decision._asdict(), cpus=format_cpulist(decision.cpus))}
 
 
-def _decode(entry: Dict[str, Any]) -> Any:
-    if "skip" in entry:
-        return Skip(**entry["skip"])
-    raw = entry["plan"]
-    return Plan(**dict(raw, cpus=parse_cpulist(raw["cpus"]), cpu_nodes=tuple(raw["cpu_nodes"]),
-                       mem_nodes=tuple(raw["mem_nodes"]), notes=tuple(raw["notes"])))
+#: Plan and Skip fields as :func:`_encode` writes them.
+_PLAN = {"cpus": shape(str), "cpu_nodes": shape(list, int), "mem_nodes": shape(list, int),
+         "memory": shape(str), "reason": shape(str), "notes": shape(list, str),
+         "home": shape((int, NONE))}
+_SKIP = {"reason": shape(str), "fix": shape(str), "quiet": shape(bool)}
+
+
+def _decode(entry: Any) -> Any:
+    """The Plan or Skip in ``entry``; TypeError or ValueError if it is not one
+    :func:`_encode` wrote."""
+    if type(entry) is not dict:
+        raise TypeError("not a JSON object")
+    kind, fields = ("skip", _SKIP) if "skip" in entry else ("plan", _PLAN)
+    raw = entry.get(kind)
+    why = problem(raw, fields) or ("" if kind == "skip" or raw["memory"] in MEMORY_POLICIES
+                                   else f"memory {raw['memory']!r} is no policy")
+    if why:
+        raise TypeError(f"the agent's {kind}: {why}")
+    if kind == "skip":
+        return Skip(**{k: raw[k] for k in fields})
+    return Plan(**dict({k: raw[k] for k in fields}, cpus=parse_cpulist(raw["cpus"]),
+                       cpu_nodes=tuple(raw["cpu_nodes"]), mem_nodes=tuple(raw["mem_nodes"]),
+                       notes=tuple(raw["notes"])))
 
 
 def for_agent(options: Any) -> str:
@@ -85,7 +104,10 @@ def lookup(options: Any, gpu_ids: Sequence[str],
     if data is None or data.get("key") != _key(options.to_json(), limits):
         return None
     entry = data["plans"].get(str(gpu_ids[0]))
+    nodes = data.get("nodes")
+    if entry is None or type(nodes) is not list or not all(type(n) is int for n in nodes):
+        return None
     try:
-        return (_decode(entry), tuple(data["nodes"])) if entry else None
-    except (TypeError, KeyError):      # written by another version: plan here
+        return _decode(entry), tuple(nodes)
+    except (TypeError, ValueError):     # written by another version: plan here
         return None

@@ -209,3 +209,49 @@ def test_what_the_agent_hands_a_worker_never_stops_it(fresh_worker, monkeypatch,
     # the worker looked (bound, or said why not); the bootstrap had nothing to report
     assert binding.current_binding().status in ("bound", "skipped", "off")
     monkeypatch.setenv(environment.FIXTURE_ENV, real_fixture)
+
+
+GOOD_GPU = {"index": 0, "bus_id": "0000:18:00.0", "uuid": "GPU-x", "name": "H100",
+            "compute_capability": [9, 0], "nvml_numa_node": 0, "mig_uuids": []}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("index", "0"), ("index", True), ("index", 0.0), ("bus_id", 18), ("uuid", None),
+    ("name", ["H100"]), ("compute_capability", [9]), ("compute_capability", "9.0"),
+    ("compute_capability", ["9", "0"]), ("nvml_numa_node", "0"), ("mig_uuids", "MIG-x"),
+    ("mig_uuids", [1])])
+def test_a_gpu_table_with_a_wrong_field_type_is_not_used(fresh_worker, field, value):
+    """The worker asks NVML itself rather than binding from a table it misreads (a
+    hand-edited or other-version RAY_NUMA_GPU_TABLE)."""
+    good = json.dumps({"version": gpu_table.VERSION, "source": "nvml",
+                       "fixture": environment.fixture_name(), "gpus": [GOOD_GPU]})
+    assert gpu_table.decode(good) is not None
+    bad = json.loads(good)
+    bad["gpus"][0][field] = value
+    assert gpu_table.decode(json.dumps(bad)) is None
+
+
+@pytest.mark.parametrize("entry", [
+    {"plan": {"cpus": 5, "cpu_nodes": [0], "mem_nodes": [0], "memory": "bind",
+              "reason": "r", "notes": [], "home": 0}},
+    {"plan": {"cpus": "0-3", "cpu_nodes": "0", "mem_nodes": [0], "memory": "bind",
+              "reason": "r", "notes": [], "home": 0}},
+    {"plan": {"cpus": "0-3", "cpu_nodes": [0], "mem_nodes": [0], "memory": 1,
+              "reason": "r", "notes": [], "home": 0}},
+    {"plan": {"cpus": "0-3", "cpu_nodes": [0], "mem_nodes": [0], "memory": "bind",
+              "reason": "r", "notes": "n", "home": "0"}},
+    {"plan": {"cpus": "x", "cpu_nodes": [0], "mem_nodes": [0], "memory": "bind",
+              "reason": "r", "notes": [], "home": 0}},
+    {"skip": {"reason": 5, "fix": "", "quiet": False}},
+    {"skip": {"reason": "r", "fix": "", "quiet": "no"}}])
+def test_an_agent_plan_with_a_wrong_field_type_is_planned_again(fresh_worker, monkeypatch,
+                                                                 entry):
+    """The worker plans itself and binds as it would have without the agent's plans."""
+    fresh_worker()
+    start_worker(monkeypatch, RAY_NUMA_SPEC=parse("auto").to_json())
+    expected = binding.current_binding().as_dict()
+    assert expected["status"] == "bound", expected
+    fresh_worker()
+    start_worker(monkeypatch, RAY_NUMA_SPEC=parse("auto").to_json(),
+                 RAY_NUMA_PLANS=_near_valid_plans([0, 1], {"0": entry}))
+    assert binding.current_binding().as_dict() == expected
