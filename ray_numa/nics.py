@@ -182,10 +182,13 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
     """Every RDMA physical function under ``sys_root/class/infiniband``, in PCI order
     (:func:`bdf_order`), as NCCL numbers them.
 
-    SR-IOV virtual functions are left out: NCCL merges a VF into its physical
-    function (``ncclIbGetPciPath`` with ``NCCL_IB_MERGE_VFS=1``, the default, zeroes
-    the device and function of its PCI path), so a VF is not another NIC to spread
-    GPUs over, nor another NIC for UCX's "all" to use.
+    SR-IOV virtual functions are left out where their physical function's RDMA device
+    is listed: NCCL merges a VF into its physical function (``ncclIbGetPciPath`` with
+    ``NCCL_IB_MERGE_VFS=1``, the default, zeroes the device and function of its PCI
+    path), so a VF is not another NIC to spread GPUs over, nor another NIC for UCX's
+    "all" to use. Where the PF's device is not listed (a pod given one VF, with the
+    RDMA subsystem in ``netns exclusive`` mode: ``class/infiniband`` shows only the
+    devices of the pod's network namespace), the VF is the NIC, and NCCL uses it.
 
     A software RoCE device is placed at its netdev's PCI function (module doc), and
     left out where a PCI RDMA device sits on that function: it is the same NIC, which
@@ -195,6 +198,7 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
     base = sys_root / "class/infiniband"
     nics = []
     verbs_of = None
+    vf_of: Dict[str, str] = {}        # a VF's device name -> its physical function
     for name in _listdir(base):
         dev = base / name
         port_names = _listdir(dev / "ports")
@@ -203,8 +207,9 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
             bdf, via = _soft_function(sys_root, dev, port_names)
             if not bdf:
                 continue      # no PCI function behind it, nor behind its netdev
-        if os.path.lexists(sys_root / "bus/pci/devices" / bdf / "physfn"):
-            continue          # an SR-IOV VF: part of its physical function
+        physfn = sys_root / "bus/pci/devices" / bdf / "physfn"
+        if os.path.lexists(physfn):       # an SR-IOV VF: part of its physical function
+            vf_of[name] = _function(physfn) or "?"
         ports = tuple(p for p in (_port(dev / "ports" / n) for n in port_names)
                       if p is not None)
         verbs = [v for v in _listdir(dev / "device/infiniband_verbs") if v.startswith("uverbs")]
@@ -216,5 +221,7 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
                             place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else "",
                             via=via))
     hardware = {n.bdf for n in nics if not n.via}
-    nics = [n for n in nics if not (n.via and n.bdf in hardware)]
+    physical = {n.bdf for n in nics if not n.via and n.name not in vf_of}
+    nics = [n for n in nics if not (n.via and n.bdf in hardware)
+            and vf_of.get(n.name, "?") not in physical]
     return tuple(sorted(nics, key=lambda n: (bdf_order(n.bdf), bool(n.via), n.name)))

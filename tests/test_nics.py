@@ -326,3 +326,23 @@ def test_soft_roce_without_a_pci_netdev_is_skipped(machine_tree, tmp_path, netde
     places, nics, chosen = _nets_at(root)
     assert [n.name for n in nics] == ["rxe_n0"]
     assert chosen[0].nets == ("rxe_n0:1",) and chosen[0].path == "SYS"
+
+
+# --- review (rev23): a VF whose physical function has no RDMA device here ---------------
+
+def test_a_vf_whose_pf_is_not_listed_is_the_nic(tmp_path):
+    """A Kubernetes pod given one SR-IOV VF (rdma ``netns exclusive`` mode, the SR-IOV
+    CNI's default for RDMA): ``class/infiniband`` (namespaced by the kernel's ib_class)
+    lists only the VF's device, while ``bus/pci/devices/<vf>/physfn`` (not namespaced)
+    is still there. The VF is the only way this process reaches the NIC, and NCCL
+    uses it (``NCCL_IB_MERGE_VFS`` merges a VF into its PF only where both are
+    listed), so it is kept, at its own place; with the PF listed it stays merged."""
+    s = _spec("socket0-nics")
+    s["nics"] = [dict(_nic("mlx5_5", "0000:3b:00.1", 0, "Ethernet", 200))]
+    root = build_spec(s, tmp_path / "t")
+    vf = root / "sys/devices" / s["pci_paths"]["0000:3b:00.1"] / "0000:3b:00.1"
+    (vf.parent / "0000:3b:00.0").mkdir()            # the PF: a function, no RDMA device
+    os.symlink("../0000:3b:00.0", vf / "physfn")
+    places, nics, chosen = _nets_at(root)
+    assert [n.name for n in nics] == ["mlx5_5"]
+    assert chosen[0].nets == ("mlx5_5:1",) and chosen[0].path == "NODE"
