@@ -41,7 +41,7 @@ _BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 #: ``rate`` as the kernel's ``rate_show`` (drivers/infiniband/core/sysfs.c) writes
 #: it: "%d%s Gb/sec (%dX%s)", e.g. "400 Gb/sec (4X NDR)", "2.5 Gb/sec (1X SDR)".
 _RATE = re.compile(r"^(\d+(?:\.\d+)?) Gb/sec")
-_NUMA = re.compile(r"^-?\d+$")
+_NUMA = re.compile(r"^-?[0-9]{1,9}$")   # ASCII, and few: int() refuses > 4300 digits
 
 
 def _text(path: Path) -> str:

@@ -346,3 +346,15 @@ def test_a_vf_whose_pf_is_not_listed_is_the_nic(tmp_path):
     places, nics, chosen = _nets_at(root)
     assert [n.name for n in nics] == ["mlx5_5"]
     assert chosen[0].nets == ("mlx5_5:1",) and chosen[0].path == "NODE"
+
+
+@pytest.mark.parametrize("text", ["1" * 5000, "-" + "9" * 4400], ids=["5000", "-4400"])
+def test_a_numa_node_of_thousands_of_digits_is_unknown_not_an_exception(tmp_path, text):
+    """Python (3.11+) refuses ``int()`` of more than 4300 digits (ValueError): such a
+    ``numa_node`` made ``read_nics`` raise, so ``ray-numa show`` and the audit failed
+    on the whole machine. It is garbage, an unknown node (-1), as any other."""
+    root = build_spec(MACHINES["socket0-nics"], tmp_path / "t")
+    (root / "sys/bus/pci/devices/0000:21:00.0/numa_node").write_text(text + "\n")
+    places, nics, chosen = _nets_at(root)
+    assert nics[0].name == "mlx5_0" and nics[0].place.numa_node == -1
+    assert chosen[0].nets == ("mlx5_1:1",)
