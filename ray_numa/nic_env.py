@@ -107,6 +107,13 @@ def _usable(nic: RdmaNic, dev: Path) -> bool:
     return True
 
 
+def usable_nics(nics: Sequence[RdmaNic]) -> List[RdmaNic]:
+    """The NICs this process can use (:func:`_usable`): what a worker chooses among,
+    and so what ``ray-numa show`` must choose among to print the same choice."""
+    dev = _dev_root()
+    return [n for n in nics if _usable(n, dev)]
+
+
 def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoice], str]:
     """The NIC(s) for the GPUs named (as CUDA/Ray name them): the union of each
     GPU's, the farthest class; or None and why. ``hca``: the job's NCCL_IB_HCA
@@ -121,8 +128,7 @@ def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoic
     root = environment.sys_root()
     places = {g.bus_id: pci_place(root, g.bus_id) for g in gpus}
     nics = read_nics(root)
-    dev = _dev_root()
-    usable = [n for n in nics if _usable(n, dev)]
+    usable = usable_nics(nics)
     table = choose([(g.index, places[g.bus_id]) for g in gpus if places[g.bus_id]],
                    compute_nets(usable, hca))
     picks = [table[g.index] for g in chosen if places[g.bus_id] and g.index in table]
@@ -133,7 +139,7 @@ def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoic
                           f"{root}/bus/pci/devices/<bus id> link), so its NIC cannot be told")
         if nics and not usable:
             return None, ("RDMA devices are in sysfs but no verbs device "
-                          f"({dev}/infiniband/uverbsN) opens read-write here (a container "
+                          f"({_dev_root()}/infiniband/uverbsN) opens read-write here (a container "
                           "without the RDMA devices?)")
         return None, f"no active compute RDMA NIC for GPU {named}"
     nets = tuple(dict.fromkeys(n for p in picks for n in p.nets))

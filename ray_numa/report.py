@@ -11,6 +11,7 @@ from . import environment
 from .apply import probe_mempolicy
 from .cuda_ids import Gpu
 from .gpus import discover_gpus, gpu_numa_node, pci_numa_node_read
+from .nic_env import usable_nics
 from .nics import pci_place, read_nics
 from .planning import plan_for
 from .options import BindOptions
@@ -75,7 +76,8 @@ def nic_report(gpus: Sequence[Gpu], sys_root: Path) -> Dict[str, Any]:
     """RDMA NICs, the GPU x NIC class matrix (``nvidia-smi topo -m``'s NIC columns)
     and the NIC(s) ``numa_bind: {"nic": "auto"}`` would give each GPU."""
     nics = read_nics(sys_root)
-    nets = compute_nets(nics, os.environ.get("NCCL_IB_HCA", ""))   # as the job's would
+    # as a worker's would: among the NICs it can open, with the job's NCCL_IB_HCA
+    nets = compute_nets(usable_nics(nics), os.environ.get("NCCL_IB_HCA", ""))
     placed = [(g.index, pci_place(sys_root, g.bus_id)) for g in gpus]
     known = [(i, p) for i, p in placed if p is not None]
     chosen = choose(known, nets)
