@@ -107,11 +107,12 @@ def _usable(nic: RdmaNic, dev: Path) -> bool:
     return True
 
 
-def usable_nics(nics: Sequence[RdmaNic]) -> List[RdmaNic]:
-    """The NICs this process can use (:func:`_usable`): what a worker chooses among,
-    and so what ``ray-numa show`` must choose among to print the same choice."""
+def usable_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
+    """The NICs this process can use (:func:`_usable`), asked before a VF or a
+    software device is merged into its function's (:func:`~ray_numa.nics.read_nics`):
+    what a worker chooses among, and so what ``ray-numa show`` must choose among."""
     dev = _dev_root()
-    return [n for n in nics if _usable(n, dev)]
+    return read_nics(sys_root, lambda nic: _usable(nic, dev))
 
 
 def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoice], str]:
@@ -127,8 +128,8 @@ def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoic
     chosen = resolve_visible(list(gpu_ids), gpus, os.environ.get("CUDA_DEVICE_ORDER"))
     root = environment.sys_root()
     places = {g.bus_id: pci_place(root, g.bus_id) for g in gpus}
-    nics = read_nics(root)
-    usable = usable_nics(nics)
+    usable = usable_nics(root)
+    nics = usable or read_nics(root)          # the latter only to say why none is
     table = choose([(g.index, places[g.bus_id]) for g in gpus if places[g.bus_id]],
                    compute_nets(usable, hca))
     picks = [table[g.index] for g in chosen if places[g.bus_id] and g.index in table]

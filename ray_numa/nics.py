@@ -33,7 +33,7 @@ import os
 import re
 from collections import namedtuple
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from .topology import _read
 
@@ -178,7 +178,13 @@ def _verbs_by_device(sys_root: Path) -> Dict[str, str]:
     return out
 
 
-def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
+def nic_order(nic: "RdmaNic") -> Tuple[int, bool, str]:
+    """PCI order (:func:`bdf_order`); on one function, a PCI device before a software one."""
+    return bdf_order(nic.bdf), bool(nic.via), nic.name
+
+
+def read_nics(sys_root: Path,
+              keep: Callable[["RdmaNic"], bool] = lambda nic: True) -> Tuple[RdmaNic, ...]:
     """Every RDMA physical function under ``sys_root/class/infiniband``, in PCI order
     (:func:`bdf_order`), as NCCL numbers them.
 
@@ -189,6 +195,9 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
     "all" to use. Where the PF's device is not listed (a pod given one VF, with the
     RDMA subsystem in ``netns exclusive`` mode: ``class/infiniband`` shows only the
     devices of the pod's network namespace), the VF is the NIC, and NCCL uses it.
+    ``keep`` (the devices this process can open) is asked first: a pod in the default
+    ``shared`` mode sees every device but may open only its VF's verbs device, and
+    then the VF is the NIC, not a duplicate of a PF it cannot use.
 
     A software RoCE device is placed at its netdev's PCI function (module doc), and
     left out where a PCI RDMA device sits on that function: it is the same NIC, which
@@ -220,8 +229,9 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
                             netdevs=(via,) if via else _listdir(dev / "device/net"),
                             place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else "",
                             via=via))
+    nics = [n for n in nics if keep(n)]
     hardware = {n.bdf for n in nics if not n.via}
     physical = {n.bdf for n in nics if not n.via and n.name not in vf_of}
     nics = [n for n in nics if not (n.via and n.bdf in hardware)
             and vf_of.get(n.name, "?") not in physical]
-    return tuple(sorted(nics, key=lambda n: (bdf_order(n.bdf), bool(n.via), n.name)))
+    return tuple(sorted(nics, key=nic_order))
