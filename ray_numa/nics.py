@@ -201,13 +201,16 @@ def read_nics(sys_root: Path,
 
     A software RoCE device is placed at its netdev's PCI function (module doc), and
     left out where a PCI RDMA device sits on that function: it is the same NIC, which
-    the hardware device drives. NCCL, which follows only the ``device`` link, does not
+    the hardware device drives. So is a device on an auxiliary device below the
+    function (an mlx5 scalable function, ``<bdf>/mlx5_core.sf.N``), which shares the
+    function's port as a VF does. NCCL, which follows only the ``device`` link, does not
     place a software device at all (``ncclIbGetPciPath`` finds no real path).
     """
     base = sys_root / "class/infiniband"
     nics = []
     verbs_of = None
     vf_of: Dict[str, str] = {}        # a VF's device name -> its physical function
+    beside: Dict[str, str] = {}       # a software or auxiliary device -> its function
     for name in _listdir(base):
         dev = base / name
         port_names = _listdir(dev / "ports")
@@ -216,6 +219,8 @@ def read_nics(sys_root: Path,
             bdf, via = _soft_function(sys_root, dev, port_names)
             if not bdf:
                 continue      # no PCI function behind it, nor behind its netdev
+        if via or not os.path.realpath(dev / "device").endswith(os.sep + bdf):
+            beside[name] = bdf
         physfn = sys_root / "bus/pci/devices" / bdf / "physfn"
         if os.path.lexists(physfn):       # an SR-IOV VF: part of its physical function
             vf_of[name] = _function(physfn) or "?"
@@ -230,8 +235,8 @@ def read_nics(sys_root: Path,
                             place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else "",
                             via=via))
     nics = [n for n in nics if keep(n)]
-    hardware = {n.bdf for n in nics if not n.via}
-    physical = {n.bdf for n in nics if not n.via and n.name not in vf_of}
-    nics = [n for n in nics if not (n.via and n.bdf in hardware)
+    own = {n.bdf for n in nics if n.name not in beside}      # the function's own device
+    physical = own - {n.bdf for n in nics if n.name in vf_of}
+    nics = [n for n in nics if beside.get(n.name, "?") not in own
             and vf_of.get(n.name, "?") not in physical]
     return tuple(sorted(nics, key=nic_order))

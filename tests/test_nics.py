@@ -10,6 +10,7 @@ types), ``src/graph/topo.cc`` ``ncclTopoGetLocal`` and ``ncclTopoGetLocalNetType
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,32 @@ def test_a_numa_node_of_thousands_of_digits_is_unknown_not_an_exception(tmp_path
     places, nics, chosen = _nets_at(root)
     assert nics[0].name == "mlx5_0" and nics[0].place.numa_node == -1
     assert chosen[0].nets == ("mlx5_1:1",)
+
+
+def test_scalable_functions_are_part_of_their_pf_like_vfs(tmp_path):
+    """mlx5 scalable functions (SFs): each is an RDMA device whose ``device`` link is
+    its auxiliary device below the PF (``<pf bdf>/mlx5_core.sf.N``, kernel
+    Documentation/networking/device_drivers/ethernet/mellanox/mlx5/switchdev.rst). They
+    share the PF's port as VFs do, so with the PF's own device listed they are not
+    more NICs: GPU 0 was given mlx5_0:1,mlx5_12:1,mlx5_13:1 (three "PIX NICs" on one
+    port) and the audit counted 12 NICs. A pod that sees only its SF keeps it."""
+    root = build_spec(_spec("dgx-h100-net"), tmp_path / "t")
+    sys_root = root / "sys"
+    pf = os.path.realpath(sys_root / "class/infiniband/mlx5_0/device")
+    for n, name in ((2, "mlx5_12"), (3, "mlx5_13")):
+        sf = os.path.join(pf, f"mlx5_core.sf.{n}")
+        os.makedirs(os.path.join(sf, f"infiniband_verbs/uverbs{10 + n}"))
+        (root / f"dev/infiniband/uverbs{10 + n}").write_text("")
+        ib = sys_root / "class/infiniband" / name
+        (ib / "ports/1").mkdir(parents=True)
+        os.symlink(os.path.relpath(sf, ib), ib / "device")
+        for f, text in (("state", "4: ACTIVE"), ("link_layer", "InfiniBand"),
+                        ("rate", "400 Gb/sec (4X NDR)")):
+            (ib / "ports/1" / f).write_text(text + "\n")
+    places, nics, chosen = _nets_at(root)
+    assert "mlx5_12" not in [n.name for n in nics]
+    assert chosen[0].nets == ("mlx5_0:1",) and chosen[0].path == "PIX"
+    shutil.rmtree(sys_root / "class/infiniband/mlx5_0")      # the pod's view: its SFs
+    places, nics, chosen = _nets_at(root)
+    assert [n.bdf for n in nics if n.name in ("mlx5_12", "mlx5_13")] == ["0000:18:00.0"] * 2
+    assert chosen[0].path == "PIX"
