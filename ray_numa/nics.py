@@ -145,14 +145,26 @@ def _listdir(path: Path) -> Tuple[str, ...]:
 _NETDEV = re.compile(r"^[^/\s]{1,15}$")      # IFNAMSIZ - 1, no slash or space
 
 
+#: Buses of a device below a PCI function that is still that function's: virtio-net's
+#: ``virtioN``, an auxiliary device (``mlx5_core.sf.N``). Not usb: a USB NIC's nearest
+#: BDF is its USB controller (NCCL's ``ncclTopoFillNet`` attaches a net whose path is
+#: not a PCI device, "virtual, usb, ...", to the first CPU, not to a PCI node).
+_BELOW_FUNCTION = ("pci", "virtio", "auxiliary")
+
+
 def _function(path: Path) -> str:
     """The PCI function a sysfs device path resolves into (the nearest BDF component:
-    a virtio-net netdev's ``device`` is ``.../<bdf>/virtio3``), or ""."""
+    a virtio-net netdev's ``device`` is ``.../<bdf>/virtio3``), or "" (none, or the
+    device below it is on another bus, by its ``subsystem`` link)."""
     try:
-        parts = os.path.realpath(path).split(os.sep)
+        real = os.path.realpath(path)
+        parts = real.split(os.sep)
+        bdf = next((p for p in reversed(parts) if _BDF.match(p)), "")
+        bus = os.path.realpath(os.path.join(real, "subsystem"))
     except (OSError, ValueError):
         return ""
-    return next((p for p in reversed(parts) if _BDF.match(p)), "")
+    below = parts[-1] != bdf and os.path.lexists(os.path.join(real, "subsystem"))
+    return "" if below and os.path.basename(bus) not in _BELOW_FUNCTION else bdf
 
 
 def _soft_function(sys_root: Path, dev: Path, ports: Tuple[str, ...]) -> Tuple[str, str]:

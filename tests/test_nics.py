@@ -388,3 +388,28 @@ def test_scalable_functions_are_part_of_their_pf_like_vfs(tmp_path):
     places, nics, chosen = _nets_at(root)
     assert [n.bdf for n in nics if n.name in ("mlx5_12", "mlx5_13")] == ["0000:18:00.0"] * 2
     assert chosen[0].path == "PIX"
+
+
+def test_soft_roce_over_a_usb_nic_is_not_placed_at_the_usb_controller(machine_tree, tmp_path):
+    """rxe over a USB Ethernet adapter (or a BMC's USB NIC, ``usb0``): the netdev's
+    ``device`` is ``<xHCI bdf>/usb1/1-1/1-1:1.0``, whose ``subsystem`` is usb. The
+    nearest BDF is the USB controller, not a NIC: it has no PCI place of its own
+    (NCCL's ncclTopoFillNet: a net whose path is not a PCI device, "virtual, usb",
+    is attached to the first CPU, not to a PCI node), and it was given to GPU 0 as
+    a PHB NIC over node 0's real (virtio-net) one."""
+    root = tmp_path / "t"
+    shutil.copytree(machine_tree("soft-roce-vm"), root, symlinks=True)
+    sys_root = root / "sys"
+    func = os.path.realpath(sys_root / "bus/pci/devices/0000:82:00.0")
+    shutil.rmtree(os.path.join(func, "virtio3"))
+    usb = os.path.join(func, "usb1/1-1/1-1:1.0")
+    os.makedirs(os.path.join(usb, "net/eth1"))
+    os.makedirs(sys_root / "bus/usb")
+    os.symlink(os.path.relpath(sys_root / "bus/usb", usb), os.path.join(usb, "subsystem"))
+    os.symlink("../..", os.path.join(usb, "net/eth1/device"))
+    (sys_root / "class/net/eth1").unlink()
+    os.symlink(os.path.relpath(os.path.join(usb, "net/eth1"), sys_root / "class/net"),
+               sys_root / "class/net/eth1")
+    places, nics, chosen = _nets_at(root)
+    assert [n.name for n in nics] == ["rxe_n0"]
+    assert chosen[0].nets == ("rxe_n0:1",) and chosen[0].path == "SYS"
