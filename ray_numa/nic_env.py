@@ -188,10 +188,11 @@ def settle(names: Sequence[str], gpu_ids: Sequence[str], ours: Mapping[str, str]
         notes.append(f"nic: {why}; {', '.join(names)} left as they were")
     wanted = values(choice, names) if choice else {}
     writes, kept = plan(wanted, environ, ours)
-    loaded = [m for n, v in writes.items() if n in ours and v != ours[n]
-              for m in READERS.get(n, ()) if m in sys.modules]
-    if "NCCL_IB_HCA" in writes and "NCCL_IB_HCA" in ours \
-            and writes["NCCL_IB_HCA"] != ours["NCCL_IB_HCA"] and _nccl_started():
+    # a value that changes (first set included: a pooled worker's earlier task may
+    # have loaded the library, which then read it unset) after its reader loaded
+    changed = [n for n, v in writes.items() if environ.get(n) != v]
+    loaded = [m for n in changed for m in READERS.get(n, ()) if m in sys.modules]
+    if "NCCL_IB_HCA" in changed and _nccl_started():
         loaded.append("torch.distributed (NCCL)")
     if loaded:
         notes.append(f"nic: {', '.join(sorted(set(loaded)))} already loaded before the NIC "
