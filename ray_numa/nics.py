@@ -215,8 +215,10 @@ def read_nics(sys_root: Path,
     left out where a PCI RDMA device sits on that function: it is the same NIC, which
     the hardware device drives. So is a device on an auxiliary device below the
     function (an mlx5 scalable function, ``<bdf>/mlx5_core.sf.N``), which shares the
-    function's port as a VF does. NCCL, which follows only the ``device`` link, does not
-    place a software device at all (``ncclIbGetPciPath`` finds no real path).
+    function's port as a VF does. NCCL places neither at a PCI function: it follows
+    only the ``device`` link, and a net whose path is none (``ncclIbGetPciPath``: no
+    real path) or not a PCI device (an auxiliary one) is attached to the first CPU node
+    (``ncclTopoFillNet``, src/graph/xml.cc), so there NCCL's own choice may differ.
     """
     base = sys_root / "class/infiniband"
     nics = []
