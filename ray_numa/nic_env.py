@@ -107,6 +107,14 @@ def _usable(nic: RdmaNic, dev: Path) -> bool:
     return True
 
 
+def usable_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
+    """The NICs this process can use (:func:`_usable`), asked before a VF or a
+    software device is merged into its function's (:func:`~ray_numa.nics.read_nics`):
+    what a worker chooses among, and so what ``ray-numa show`` must choose among."""
+    dev = _dev_root()
+    return read_nics(sys_root, lambda nic: _usable(nic, dev))
+
+
 def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoice], str]:
     """The NIC(s) for the GPUs named (as CUDA/Ray name them): the union of each
     GPU's, the farthest class; or None and why. ``hca``: the job's NCCL_IB_HCA
@@ -120,9 +128,8 @@ def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoic
     chosen = resolve_visible(list(gpu_ids), gpus, os.environ.get("CUDA_DEVICE_ORDER"))
     root = environment.sys_root()
     places = {g.bus_id: pci_place(root, g.bus_id) for g in gpus}
-    nics = read_nics(root)
-    dev = _dev_root()
-    usable = [n for n in nics if _usable(n, dev)]
+    usable = usable_nics(root)
+    nics = usable or read_nics(root)          # the latter only to say why none is
     table = choose([(g.index, places[g.bus_id]) for g in gpus if places[g.bus_id]],
                    compute_nets(usable, hca))
     picks = [table[g.index] for g in chosen if places[g.bus_id] and g.index in table]
@@ -133,7 +140,7 @@ def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoic
                           f"{root}/bus/pci/devices/<bus id> link), so its NIC cannot be told")
         if nics and not usable:
             return None, ("RDMA devices are in sysfs but no verbs device "
-                          f"({dev}/infiniband/uverbsN) opens read-write here (a container "
+                          f"({_dev_root()}/infiniband/uverbsN) opens read-write here (a container "
                           "without the RDMA devices?)")
         return None, f"no active compute RDMA NIC for GPU {named}"
     nets = tuple(dict.fromkeys(n for p in picks for n in p.nets))
@@ -181,10 +188,11 @@ def settle(names: Sequence[str], gpu_ids: Sequence[str], ours: Mapping[str, str]
         notes.append(f"nic: {why}; {', '.join(names)} left as they were")
     wanted = values(choice, names) if choice else {}
     writes, kept = plan(wanted, environ, ours)
-    loaded = [m for n, v in writes.items() if n in ours and v != ours[n]
-              for m in READERS.get(n, ()) if m in sys.modules]
-    if "NCCL_IB_HCA" in writes and "NCCL_IB_HCA" in ours \
-            and writes["NCCL_IB_HCA"] != ours["NCCL_IB_HCA"] and _nccl_started():
+    # a value that changes (first set included: a pooled worker's earlier task may
+    # have loaded the library, which then read it unset) after its reader loaded
+    changed = [n for n, v in writes.items() if environ.get(n) != v]
+    loaded = [m for n in changed for m in READERS.get(n, ()) if m in sys.modules]
+    if "NCCL_IB_HCA" in changed and _nccl_started():
         loaded.append("torch.distributed (NCCL)")
     if loaded:
         notes.append(f"nic: {', '.join(sorted(set(loaded)))} already loaded before the NIC "

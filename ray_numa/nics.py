@@ -33,7 +33,7 @@ import os
 import re
 from collections import namedtuple
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from .topology import _read
 
@@ -41,7 +41,7 @@ _BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 #: ``rate`` as the kernel's ``rate_show`` (drivers/infiniband/core/sysfs.c) writes
 #: it: "%d%s Gb/sec (%dX%s)", e.g. "400 Gb/sec (4X NDR)", "2.5 Gb/sec (1X SDR)".
 _RATE = re.compile(r"^(\d+(?:\.\d+)?) Gb/sec")
-_NUMA = re.compile(r"^-?\d+$")
+_NUMA = re.compile(r"^-?[0-9]{1,9}$")   # ASCII, and few: int() refuses > 4300 digits
 
 
 def _text(path: Path) -> str:
@@ -145,14 +145,26 @@ def _listdir(path: Path) -> Tuple[str, ...]:
 _NETDEV = re.compile(r"^[^/\s]{1,15}$")      # IFNAMSIZ - 1, no slash or space
 
 
+#: Buses of a device below a PCI function that is still that function's: virtio-net's
+#: ``virtioN``, an auxiliary device (``mlx5_core.sf.N``). Not usb: a USB NIC's nearest
+#: BDF is its USB controller (NCCL's ``ncclTopoFillNet`` attaches a net whose path is
+#: not a PCI device, "virtual, usb, ...", to the first CPU, not to a PCI node).
+_BELOW_FUNCTION = ("pci", "virtio", "auxiliary")
+
+
 def _function(path: Path) -> str:
     """The PCI function a sysfs device path resolves into (the nearest BDF component:
-    a virtio-net netdev's ``device`` is ``.../<bdf>/virtio3``), or ""."""
+    a virtio-net netdev's ``device`` is ``.../<bdf>/virtio3``), or "" (none, or the
+    device below it is on another bus, by its ``subsystem`` link)."""
     try:
-        parts = os.path.realpath(path).split(os.sep)
+        real = os.path.realpath(path)
+        parts = real.split(os.sep)
+        bdf = next((p for p in reversed(parts) if _BDF.match(p)), "")
+        bus = os.path.realpath(os.path.join(real, "subsystem"))
     except (OSError, ValueError):
         return ""
-    return next((p for p in reversed(parts) if _BDF.match(p)), "")
+    below = parts[-1] != bdf and os.path.lexists(os.path.join(real, "subsystem"))
+    return "" if below and os.path.basename(bus) not in _BELOW_FUNCTION else bdf
 
 
 def _soft_function(sys_root: Path, dev: Path, ports: Tuple[str, ...]) -> Tuple[str, str]:
@@ -178,23 +190,41 @@ def _verbs_by_device(sys_root: Path) -> Dict[str, str]:
     return out
 
 
-def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
+def nic_order(nic: "RdmaNic") -> Tuple[int, bool, str]:
+    """PCI order (:func:`bdf_order`); on one function, a PCI device before a software one."""
+    return bdf_order(nic.bdf), bool(nic.via), nic.name
+
+
+def read_nics(sys_root: Path,
+              keep: Callable[["RdmaNic"], bool] = lambda nic: True) -> Tuple[RdmaNic, ...]:
     """Every RDMA physical function under ``sys_root/class/infiniband``, in PCI order
     (:func:`bdf_order`), as NCCL numbers them.
 
-    SR-IOV virtual functions are left out: NCCL merges a VF into its physical
-    function (``ncclIbGetPciPath`` with ``NCCL_IB_MERGE_VFS=1``, the default, zeroes
-    the device and function of its PCI path), so a VF is not another NIC to spread
-    GPUs over, nor another NIC for UCX's "all" to use.
+    SR-IOV virtual functions are left out where their physical function's RDMA device
+    is listed: NCCL merges a VF into its physical function (``ncclIbGetPciPath`` with
+    ``NCCL_IB_MERGE_VFS=1``, the default, zeroes the device and function of its PCI
+    path), so a VF is not another NIC to spread GPUs over, nor another NIC for UCX's
+    "all" to use. Where the PF's device is not listed (a pod given one VF, with the
+    RDMA subsystem in ``netns exclusive`` mode: ``class/infiniband`` shows only the
+    devices of the pod's network namespace), the VF is the NIC, and NCCL uses it.
+    ``keep`` (the devices this process can open) is asked first: a pod in the default
+    ``shared`` mode sees every device but may open only its VF's verbs device, and
+    then the VF is the NIC, not a duplicate of a PF it cannot use.
 
     A software RoCE device is placed at its netdev's PCI function (module doc), and
     left out where a PCI RDMA device sits on that function: it is the same NIC, which
-    the hardware device drives. NCCL, which follows only the ``device`` link, does not
-    place a software device at all (``ncclIbGetPciPath`` finds no real path).
+    the hardware device drives. So is a device on an auxiliary device below the
+    function (an mlx5 scalable function, ``<bdf>/mlx5_core.sf.N``), which shares the
+    function's port as a VF does. NCCL places neither at a PCI function: it follows
+    only the ``device`` link, and a net whose path is none (``ncclIbGetPciPath``: no
+    real path) or not a PCI device (an auxiliary one) is attached to the first CPU node
+    (``ncclTopoFillNet``, src/graph/xml.cc), so there NCCL's own choice may differ.
     """
     base = sys_root / "class/infiniband"
     nics = []
     verbs_of = None
+    vf_of: Dict[str, str] = {}        # a VF's device name -> its physical function
+    beside: Dict[str, str] = {}       # a software or auxiliary device -> its function
     for name in _listdir(base):
         dev = base / name
         port_names = _listdir(dev / "ports")
@@ -203,8 +233,11 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
             bdf, via = _soft_function(sys_root, dev, port_names)
             if not bdf:
                 continue      # no PCI function behind it, nor behind its netdev
-        if os.path.lexists(sys_root / "bus/pci/devices" / bdf / "physfn"):
-            continue          # an SR-IOV VF: part of its physical function
+        if via or not os.path.realpath(dev / "device").endswith(os.sep + bdf):
+            beside[name] = bdf
+        physfn = sys_root / "bus/pci/devices" / bdf / "physfn"
+        if os.path.lexists(physfn):       # an SR-IOV VF: part of its physical function
+            vf_of[name] = _function(physfn) or "?"
         ports = tuple(p for p in (_port(dev / "ports" / n) for n in port_names)
                       if p is not None)
         verbs = [v for v in _listdir(dev / "device/infiniband_verbs") if v.startswith("uverbs")]
@@ -215,6 +248,9 @@ def read_nics(sys_root: Path) -> Tuple[RdmaNic, ...]:
                             netdevs=(via,) if via else _listdir(dev / "device/net"),
                             place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else "",
                             via=via))
-    hardware = {n.bdf for n in nics if not n.via}
-    nics = [n for n in nics if not (n.via and n.bdf in hardware)]
-    return tuple(sorted(nics, key=lambda n: (bdf_order(n.bdf), bool(n.via), n.name)))
+    nics = [n for n in nics if keep(n)]
+    own = {n.bdf for n in nics if n.name not in beside}      # the function's own device
+    physical = own - {n.bdf for n in nics if n.name in vf_of}
+    nics = [n for n in nics if beside.get(n.name, "?") not in own
+            and vf_of.get(n.name, "?") not in physical]
+    return tuple(sorted(nics, key=nic_order))

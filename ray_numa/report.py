@@ -11,7 +11,8 @@ from . import environment
 from .apply import probe_mempolicy
 from .cuda_ids import Gpu
 from .gpus import discover_gpus, gpu_numa_node, pci_numa_node_read
-from .nics import pci_place, read_nics
+from .nic_env import usable_nics
+from .nics import nic_order, pci_place, read_nics
 from .planning import plan_for
 from .options import BindOptions
 from .pcipath import choose, compute_nets, matrix
@@ -74,8 +75,11 @@ def machine_report(options: BindOptions = BindOptions()) -> Dict[str, Any]:
 def nic_report(gpus: Sequence[Gpu], sys_root: Path) -> Dict[str, Any]:
     """RDMA NICs, the GPU x NIC class matrix (``nvidia-smi topo -m``'s NIC columns)
     and the NIC(s) ``numa_bind: {"nic": "auto"}`` would give each GPU."""
-    nics = read_nics(sys_root)
-    nets = compute_nets(nics, os.environ.get("NCCL_IB_HCA", ""))   # as the job's would
+    # as a worker's would: among the NICs it can open, with the job's NCCL_IB_HCA; a
+    # VF it opens instead of its PF is shown beside the PF
+    usable = usable_nics(sys_root)
+    nics = sorted(set(read_nics(sys_root)) | set(usable), key=nic_order)
+    nets = compute_nets(usable, os.environ.get("NCCL_IB_HCA", ""))
     placed = [(g.index, pci_place(sys_root, g.bus_id)) for g in gpus]
     known = [(i, p) for i, p in placed if p is not None]
     chosen = choose(known, nets)
@@ -85,7 +89,7 @@ def nic_report(gpus: Sequence[Gpu], sys_root: Path) -> Dict[str, Any]:
                      "numa_node": n.place.numa_node if n.place else None,
                      "ports": [{"port": p.number, "state": p.state,
                                 "link_layer": p.link_layer, "rate_gbps": p.rate_gbps,
-                                "eligible": any(x.nic is n and x.port is p for x in nets)}
+                                "eligible": any(x.nic == n and x.port == p for x in nets)}
                                for p in n.ports]} for n in nics],
         "matrix": {str(g.index): rows.get(g.index) for g in gpus},
         "chosen": {str(i): {"nets": list(c.nets), "path": c.path}

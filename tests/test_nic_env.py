@@ -227,3 +227,17 @@ def test_follow_notes_deep_ep_and_an_initialized_process_group(on_machine, clean
     dist.is_initialized = lambda: False
     [note] = [n for n in binder.follow("0").notes if "already loaded" in n]
     assert "torch.distributed" not in note
+
+
+def test_a_first_set_after_the_library_loaded_says_so(on_machine, clean_env):
+    """A pooled worker whose first task (no ``nic``) imported NIXL, then a task with
+    ``nic: "auto"``: UCX may already have read UCX_NET_DEVICES (unset: all), so the
+    value set now may not take effect, and the record must say so, as it does on a
+    follow. It said nothing: the check looked only at values ray-numa had set before."""
+    on_machine("dgx-h100-net")
+    binder = Binder()
+    binder.bind(parse("auto"), ["0"], pooled=True)
+    clean_env.setitem(sys.modules, "nixl", types.ModuleType("nixl"))
+    binding = binder.bind(AUTO, ["1"], pooled=True)
+    assert binding.nic == ("mlx5_3:1",)
+    assert any("nixl already loaded" in n for n in binding.notes), binding.notes

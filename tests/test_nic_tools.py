@@ -107,3 +107,46 @@ def test_audit_does_not_count_sriov_vfs(tmp_path):
     vf = root / "devices" / spec["pci_paths"]["0000:3b:00.1"] / "0000:3b:00.1"
     os.symlink("../0000:3b:00.0", vf / "physfn")
     assert audit_warnings(gpu, {"UCX_NET_DEVICES": "all"}, root) == []
+
+
+def test_show_chooses_among_the_nics_a_worker_can_open(tmp_path):
+    """A pod whose device plugin gave it only uverbs0 and uverbs1 (mlx5_0, mlx5_3):
+    a worker chooses among the NICs whose verbs device opens (nic_env._usable), so
+    ``show`` must too; it printed GPU 2 -> mlx5_4:1 while ``exec --nic`` set
+    mlx5_0:1,mlx5_3:1 for rank 2."""
+    root = build_spec(MACHINES["dgx-h100-net"], tmp_path / "t")
+    for f in os.listdir(root / "dev/infiniband"):
+        if f not in ("uverbs0", "uverbs1"):
+            os.unlink(root / "dev/infiniband" / f)
+    env = {"RAY_NUMA_FIXTURE": str(root)}
+    shown = json.loads(ray_numa("show", "--json", env=env).stdout)["nics"]
+    got = json.loads(ray_numa("exec", "--nic", "UCX_NET_DEVICES", "--", *PRINT_ENV,
+                              env=dict(env, LOCAL_RANK="2")).stdout.splitlines()[-1])
+    assert got["UCX_NET_DEVICES"] == "mlx5_0:1,mlx5_3:1"
+    assert shown["chosen"]["2"] == {"nets": ["mlx5_0:1", "mlx5_3:1"], "path": "NODE"}
+    names = [d["name"] for d in shown["devices"]]
+    assert shown["devices"][names.index("mlx5_4")]["ports"][0]["eligible"] is False
+    assert shown["matrix"]["2"][names.index("mlx5_4")] == "PIX"     # the PCI fact stays
+
+
+def test_a_vf_is_the_nic_where_only_its_verbs_device_opens(tmp_path):
+    """A pod given one SR-IOV VF with the RDMA subsystem in its default ``shared``
+    netns mode: sysfs lists every device (the PF mlx5_0 and its VF mlx5_12), but only
+    the VF's /dev/infiniband/uverbs12 is in the pod. Merging the VF into its PF
+    before asking which devices open left this pod with no NIC at all."""
+    s = copy.deepcopy(MACHINES["dgx-h100-net"])
+    parent = s["pci_paths"]["0000:18:00.0"]
+    s["pci_paths"]["0000:18:00.1"] = parent
+    s["nics"].append(dict(MACHINES["dgx-h100-net"]["nics"][0], name="mlx5_12",
+                          bdf="0000:18:00.1", net=("ibp24s0v0",)))
+    root = build_spec(s, tmp_path / "t")
+    os.symlink("../0000:18:00.0", root / "sys/devices" / parent / "0000:18:00.1/physfn")
+    for f in os.listdir(root / "dev/infiniband"):
+        if f != "uverbs12":
+            os.unlink(root / "dev/infiniband" / f)
+    env = {"RAY_NUMA_FIXTURE": str(root), "LOCAL_RANK": "0"}
+    got = json.loads(ray_numa("exec", "--nic", "UCX_NET_DEVICES", "--", *PRINT_ENV,
+                              env=env).stdout.splitlines()[-1])
+    assert got["UCX_NET_DEVICES"] == "mlx5_12:1"
+    shown = json.loads(ray_numa("show", "--json", env=env).stdout)["nics"]
+    assert shown["chosen"]["0"] == {"nets": ["mlx5_12:1"], "path": "PIX"}

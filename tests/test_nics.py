@@ -10,6 +10,7 @@ types), ``src/graph/topo.cc`` ``ncclTopoGetLocal`` and ``ncclTopoGetLocalNetType
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -323,6 +324,92 @@ def test_soft_roce_without_a_pci_netdev_is_skipped(machine_tree, tmp_path, netde
         ndev.write_text(netdev + "\n")
     (root / "sys/class/net/lo").symlink_to("../../devices/virtual/net/lo")
     (root / "sys/devices/virtual/net/lo").mkdir(parents=True)
+    places, nics, chosen = _nets_at(root)
+    assert [n.name for n in nics] == ["rxe_n0"]
+    assert chosen[0].nets == ("rxe_n0:1",) and chosen[0].path == "SYS"
+
+
+# --- review (rev23): a VF whose physical function has no RDMA device here ---------------
+
+def test_a_vf_whose_pf_is_not_listed_is_the_nic(tmp_path):
+    """A Kubernetes pod given one SR-IOV VF (rdma ``netns exclusive`` mode, the SR-IOV
+    CNI's default for RDMA): ``class/infiniband`` (namespaced by the kernel's ib_class)
+    lists only the VF's device, while ``bus/pci/devices/<vf>/physfn`` (not namespaced)
+    is still there. The VF is the only way this process reaches the NIC, and NCCL
+    uses it (``NCCL_IB_MERGE_VFS`` merges a VF into its PF only where both are
+    listed), so it is kept, at its own place; with the PF listed it stays merged."""
+    s = _spec("socket0-nics")
+    s["nics"] = [dict(_nic("mlx5_5", "0000:3b:00.1", 0, "Ethernet", 200))]
+    root = build_spec(s, tmp_path / "t")
+    vf = root / "sys/devices" / s["pci_paths"]["0000:3b:00.1"] / "0000:3b:00.1"
+    (vf.parent / "0000:3b:00.0").mkdir()            # the PF: a function, no RDMA device
+    os.symlink("../0000:3b:00.0", vf / "physfn")
+    places, nics, chosen = _nets_at(root)
+    assert [n.name for n in nics] == ["mlx5_5"]
+    assert chosen[0].nets == ("mlx5_5:1",) and chosen[0].path == "NODE"
+
+
+@pytest.mark.parametrize("text", ["1" * 5000, "-" + "9" * 4400], ids=["5000", "-4400"])
+def test_a_numa_node_of_thousands_of_digits_is_unknown_not_an_exception(tmp_path, text):
+    """Python (3.11+) refuses ``int()`` of more than 4300 digits (ValueError): such a
+    ``numa_node`` made ``read_nics`` raise, so ``ray-numa show`` and the audit failed
+    on the whole machine. It is garbage, an unknown node (-1), as any other."""
+    root = build_spec(MACHINES["socket0-nics"], tmp_path / "t")
+    (root / "sys/bus/pci/devices/0000:21:00.0/numa_node").write_text(text + "\n")
+    places, nics, chosen = _nets_at(root)
+    assert nics[0].name == "mlx5_0" and nics[0].place.numa_node == -1
+    assert chosen[0].nets == ("mlx5_1:1",)
+
+
+def test_scalable_functions_are_part_of_their_pf_like_vfs(tmp_path):
+    """mlx5 scalable functions (SFs): each is an RDMA device whose ``device`` link is
+    its auxiliary device below the PF (``<pf bdf>/mlx5_core.sf.N``, kernel
+    Documentation/networking/device_drivers/ethernet/mellanox/mlx5/switchdev.rst). They
+    share the PF's port as VFs do, so with the PF's own device listed they are not
+    more NICs: GPU 0 was given mlx5_0:1,mlx5_12:1,mlx5_13:1 (three "PIX NICs" on one
+    port) and the audit counted 12 NICs. A pod that sees only its SF keeps it."""
+    root = build_spec(_spec("dgx-h100-net"), tmp_path / "t")
+    sys_root = root / "sys"
+    pf = os.path.realpath(sys_root / "class/infiniband/mlx5_0/device")
+    for n, name in ((2, "mlx5_12"), (3, "mlx5_13")):
+        sf = os.path.join(pf, f"mlx5_core.sf.{n}")
+        os.makedirs(os.path.join(sf, f"infiniband_verbs/uverbs{10 + n}"))
+        (root / f"dev/infiniband/uverbs{10 + n}").write_text("")
+        ib = sys_root / "class/infiniband" / name
+        (ib / "ports/1").mkdir(parents=True)
+        os.symlink(os.path.relpath(sf, ib), ib / "device")
+        for f, text in (("state", "4: ACTIVE"), ("link_layer", "InfiniBand"),
+                        ("rate", "400 Gb/sec (4X NDR)")):
+            (ib / "ports/1" / f).write_text(text + "\n")
+    places, nics, chosen = _nets_at(root)
+    assert "mlx5_12" not in [n.name for n in nics]
+    assert chosen[0].nets == ("mlx5_0:1",) and chosen[0].path == "PIX"
+    shutil.rmtree(sys_root / "class/infiniband/mlx5_0")      # the pod's view: its SFs
+    places, nics, chosen = _nets_at(root)
+    assert [n.bdf for n in nics if n.name in ("mlx5_12", "mlx5_13")] == ["0000:18:00.0"] * 2
+    assert chosen[0].path == "PIX"
+
+
+def test_soft_roce_over_a_usb_nic_is_not_placed_at_the_usb_controller(machine_tree, tmp_path):
+    """rxe over a USB Ethernet adapter (or a BMC's USB NIC, ``usb0``): the netdev's
+    ``device`` is ``<xHCI bdf>/usb1/1-1/1-1:1.0``, whose ``subsystem`` is usb. The
+    nearest BDF is the USB controller, not a NIC: it has no PCI place of its own
+    (NCCL's ncclTopoFillNet: a net whose path is not a PCI device, "virtual, usb",
+    is attached to the first CPU, not to a PCI node), and it was given to GPU 0 as
+    a PHB NIC over node 0's real (virtio-net) one."""
+    root = tmp_path / "t"
+    shutil.copytree(machine_tree("soft-roce-vm"), root, symlinks=True)
+    sys_root = root / "sys"
+    func = os.path.realpath(sys_root / "bus/pci/devices/0000:82:00.0")
+    shutil.rmtree(os.path.join(func, "virtio3"))
+    usb = os.path.join(func, "usb1/1-1/1-1:1.0")
+    os.makedirs(os.path.join(usb, "net/eth1"))
+    os.makedirs(sys_root / "bus/usb")
+    os.symlink(os.path.relpath(sys_root / "bus/usb", usb), os.path.join(usb, "subsystem"))
+    os.symlink("../..", os.path.join(usb, "net/eth1/device"))
+    (sys_root / "class/net/eth1").unlink()
+    os.symlink(os.path.relpath(os.path.join(usb, "net/eth1"), sys_root / "class/net"),
+               sys_root / "class/net/eth1")
     places, nics, chosen = _nets_at(root)
     assert [n.name for n in nics] == ["rxe_n0"]
     assert chosen[0].nets == ("rxe_n0:1",) and chosen[0].path == "SYS"
