@@ -35,18 +35,17 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-from .topology import _read
+from .sysfs import read_int, read_sysfs
 
 _BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 #: ``rate`` as the kernel's ``rate_show`` (drivers/infiniband/core/sysfs.c) writes
 #: it: "%d%s Gb/sec (%dX%s)", e.g. "400 Gb/sec (4X NDR)", "2.5 Gb/sec (1X SDR)".
 _RATE = re.compile(r"^(\d+(?:\.\d+)?) Gb/sec")
-_NUMA = re.compile(r"^-?[0-9]{1,9}$")   # ASCII, and few: int() refuses > 4300 digits
 
 
 def _text(path: Path) -> str:
     """The file's text without the NULs and whitespace a sysfs attribute may carry."""
-    return _read(path).replace("\0", "").strip()
+    return (read_sysfs(path) or "").replace("\0", "").strip()
 
 
 def bdf_order(bdf: str) -> int:
@@ -93,7 +92,8 @@ def pci_place(sys_root: Path, bdf: str) -> Optional[PciPlace]:
     # the device is chain[-1]; its NCCL parent is two components up, and so on
     switches = tuple(chain[i] for i in range(len(chain) - 3, -1, -2))
     text = _text(link / "numa_node")
-    numa = int(text) if _NUMA.match(text) else -1
+    numa = read_int(text)
+    numa = -1 if numa is None else numa
     return PciPlace(bdf=bdf, host_bridge=parts[roots[-1]], switches=switches,
                     numa_node=numa)
 

@@ -19,6 +19,10 @@ from typing import FrozenSet, Iterable, List, Mapping, Optional, Tuple
 MAX_ID = 1 << 16
 
 
+#: Bytes :func:`read_sysfs` reads of a file at most (16 pages).
+MAX_READ = 64 << 10
+
+
 def read_sysfs(path: Path) -> Optional[str]:
     """A sysfs or /proc file's text, None if it cannot be read.
 
@@ -26,9 +30,17 @@ def read_sysfs(path: Path) -> Optional[str]:
     holds is text: bytes that are not UTF-8 are replaced rather than raising, and
     the text ends at the first NUL, as hwloc's C-string read does (some kernels leave
     NULs after the newline, ``"0-7\\n\\0"``; ``"1\\0" "2"`` is 1, not 12).
+
+    At most :data:`MAX_READ` bytes are read (hwloc reads into a fixed buffer too): a
+    sysfs attribute is at most a page, and a file in a fixture tree that is a link to
+    ``/dev/zero`` or a FIFO must neither exhaust memory nor block (``O_NONBLOCK``).
     """
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, MAX_READ)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     return data.split(b"\0", 1)[0].decode("utf-8", errors="replace")
@@ -81,10 +93,11 @@ def is_decimal(text: str) -> bool:
 
 
 def read_int(text: Optional[str]) -> Optional[int]:
-    """A number file (``level``, ``physical_package_id``: ``"3\\n"``, ``"-1"``)."""
+    """A number file (``level``, ``physical_package_id``: ``"3\\n"``, ``"-1"``); not one
+    past 18 digits (no id is, and ``int`` refuses strings past 4300 digits)."""
     body = (text or "").strip()
     digits = body[1:] if body[:1] == "-" else body
-    return int(body) if is_decimal(digits) else None
+    return int(body) if is_decimal(digits) and len(digits) <= 18 else None
 
 
 def not_read(problems: List[str], path: Path, text: str, what: str) -> None:

@@ -91,6 +91,21 @@ def test_a_file_ends_at_its_first_nul_as_hwloc_reads_it(tmp_path):
     assert read_int(read_sysfs(tmp_path / "f")) == 5
 
 
+def test_an_endless_or_blocking_file_is_read_bounded(tmp_path):
+    """A fixture's file that is a link to /dev/zero (endless) or a FIFO (no writer:
+    open would block) neither exhausts memory nor hangs: at most MAX_READ bytes,
+    O_NONBLOCK."""
+    import os
+    from ray_numa.sysfs import MAX_READ
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big").write_bytes(b"7" * (MAX_READ * 4))
+    assert read_sysfs(tmp_path / "zero") == ""             # NULs: ends at the first
+    assert read_sysfs(tmp_path / "fifo") == ""
+    assert read_sysfs(tmp_path / "big") == "7" * MAX_READ
+    assert read_int(read_sysfs(tmp_path / "big")) is None   # not a number we trust
+
+
 def test_lists_as_the_kernel_writes_them():
     assert sysfs_list("0-7\n\0") == frozenset(range(8))       # some 5.x kernels
     assert sysfs_list("\n") == frozenset()                      # a CPU-less node
