@@ -76,8 +76,10 @@ def compute_nets(nics: Sequence[RdmaNic], hca: str = "") -> List[Net]:
 
     1. An ACTIVE port (``ports/<n>/state``) of a device on a known PCI path: a
        cable-less or down port carries nothing.
-    2. ``hca``, the job's own ``NCCL_IB_HCA``, when it is an allow-list (no leading
-       ``^``): the job has named its compute fabric, and only those ports stay.
+    2. ``hca``, the job's own ``NCCL_IB_HCA``: as an allow-list, only the ports it
+       names stay (the job has named its compute fabric); as an exclusion list (a
+       leading ``^``, e.g. ``^mlx5_1,mlx5_7`` to keep NCCL off the storage cards) the
+       ports it names go, and NCCL would not use them either.
     3. The highest known ``rate``: NCCL's ``ncclTopoGetLocal`` keeps the NICs of the
        highest path bandwidth, which a slower (storage, management) port lowers. A
        port whose rate is unknown (:class:`~ray_numa.nics.Port`) is never excluded
@@ -90,7 +92,9 @@ def compute_nets(nics: Sequence[RdmaNic], hca: str = "") -> List[Net]:
     """
     nets = [Net(nic, p) for nic in nics if nic.place is not None
             for p in nic.ports if p.active]
-    if hca and not hca.startswith("^"):
+    if hca.startswith("^"):
+        nets = [n for n in nets if not _hca_allows(hca[1:], n)]
+    elif hca:
         nets = [n for n in nets if _hca_allows(hca, n)]
     top = max((n.port.rate_gbps for n in nets if n.port.rate_gbps is not None), default=None)
     nets = [n for n in nets if n.port.rate_gbps in (None, top)]

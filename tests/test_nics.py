@@ -221,8 +221,9 @@ def test_one_infiniband_port_does_not_evict_a_roce_compute_fabric(tmp_path):
 
 def test_the_jobs_nccl_ib_hca_allow_list_names_the_compute_fabric():
     """An all-Ethernet box whose storage port has the compute ports' rate: only the
-    job's NCCL_IB_HCA tells them apart (NCCL's syntax: prefix match, ``=`` exact,
-    ``:port``; a ``^`` list excludes, and is not an allow-list)."""
+    job's NCCL_IB_HCA tells them apart (NCCL's syntax, ``parseStringList`` and
+    ``matchIfList`` in src/misc/utils.cc: prefix match, ``=`` exact, ``:port``; a
+    leading ``^`` makes it a list of ports to exclude)."""
     mk = lambda n: RdmaNic(n, "0000:01:00.0", (Port(1, "ACTIVE", "Ethernet", 200.0),),  # noqa: E731
                            (), _place())
     nics = [mk("mlx5_0"), mk("mlx5_1"), mk("mlx5_10")]
@@ -231,7 +232,10 @@ def test_the_jobs_nccl_ib_hca_allow_list_names_the_compute_fabric():
     assert names("mlx5_1") == ["mlx5_1:1", "mlx5_10:1"]
     assert names("=mlx5_1") == ["mlx5_1:1"]
     assert names("=mlx5_0:1,mlx5_10:2") == ["mlx5_0:1"]
-    assert names("^mlx5_1") == names("")
+    # "^" excludes (prefixes too, "^=" exactly): NCCL keeps off those ports, so do we
+    assert names("^mlx5_1") == ["mlx5_0:1"]
+    assert names("^=mlx5_1") == ["mlx5_0:1", "mlx5_10:1"]
+    assert names("^mlx5_0:2") == names("")
 
 
 @pytest.mark.parametrize("text", [None, "", "\0\0", "nan Gb/sec", "inf Gb/sec", "fast",
