@@ -75,8 +75,12 @@ def format_report(report: Dict[str, Any]) -> str:
 def format_nics(nics: Dict[str, Any]) -> str:
     """The GPU x NIC matrix as ``nvidia-smi topo -m`` prints its NIC columns, and
     the NIC each GPU gets with ``nic: "auto"``."""
+    lost = (f"{', '.join(nics['unplaced'])}: listed in /sys/class/infiniband, but no PCI "
+            "function behind them or their netdev (a bond, VLAN, veth or USB NIC): not "
+            "placed" if nics.get("unplaced") else "")
     if not nics["devices"]:
-        return "\nRDMA NICs: none (no /sys/class/infiniband devices)"
+        return "\nRDMA NICs: none" + (f" placed; {lost}" if lost else
+                                      " (no /sys/class/infiniband devices)")
     names = [d["name"] for d in nics["devices"]]
     rows = [[f"GPU{g}"] + [c or "?" for c in (row or ["?"] * len(names))]
             + [",".join(nics["chosen"].get(g, {}).get("nets", [])) or "-"]
@@ -84,7 +88,8 @@ def format_nics(nics: Dict[str, Any]) -> str:
     ports = ["; ".join(f"{d['name']}:{p['port']} {p['state'] or '?'} {p['link_layer']} "
                        f"{'?' if p['rate_gbps'] is None else format(p['rate_gbps'], 'g')}G"
                        f"{' eligible' if p['eligible'] else ''}"
-                       for p in d["ports"]) for d in nics["devices"]]
+                       f"{' (software, over ' + d['via_netdev'] + ')' if d.get('via_netdev') else ''}"
+                       for p in d["ports"]) for d in nics["devices"]] + ([lost] if lost else [])
     return ("\nGPU x NIC (PIX: same PCIe switch, PXB: several switches, PHB: same host "
             "bridge, NODE: same NUMA node, SYS: across NUMA nodes, or a NUMA node unknown)\n"
             + _table(rows, [""] + names + ['nic: "auto"']) + "\n  " + "\n  ".join(ports))

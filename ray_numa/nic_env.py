@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tupl
 from . import environment
 from .cuda_ids import resolve_visible
 from .gpu_table import node_gpus
-from .nics import RdmaNic, pci_place, read_nics
+from .nics import RdmaNic, pci_place, read_nics, unplaced
 from .pcipath import CLASSES, NicChoice, choose, compute_nets
 
 #: Modules that read each variable when they load or initialize: if one is already
@@ -142,6 +142,11 @@ def choice_for(gpu_ids: Sequence[str], hca: str = "") -> Tuple[Optional[NicChoic
             return None, ("RDMA devices are in sysfs but no verbs device "
                           f"({_dev_root()}/infiniband/uverbsN) opens read-write here (a container "
                           "without the RDMA devices?)")
+        lost = () if nics else unplaced(root)
+        if lost:
+            return None, (f"RDMA device(s) {', '.join(lost)} have no PCI function behind them "
+                          "or their netdev (a bond, VLAN, veth or USB NIC), so none can be "
+                          f"matched to GPU {named}")
         return None, f"no active compute RDMA NIC for GPU {named}"
     nets = tuple(dict.fromkeys(n for p in picks for n in p.nets))
     return NicChoice(gpu=picks[0].gpu, nets=nets,

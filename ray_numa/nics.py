@@ -190,6 +190,22 @@ def _verbs_by_device(sys_root: Path) -> Dict[str, str]:
     return out
 
 
+def _placed(sys_root: Path, dev: Path, port_names: Tuple[str, ...]) -> Tuple[str, str]:
+    """The PCI function of RDMA device ``dev`` and, for a software one, the netdev it
+    was found through; ("", "") if neither its ``device`` link nor a netdev leads to one."""
+    bdf = _function(dev / "device")
+    return (bdf, "") if bdf else _soft_function(sys_root, dev, port_names)
+
+
+def unplaced(sys_root: Path) -> Tuple[str, ...]:
+    """The RDMA devices listed in ``class/infiniband`` that :func:`read_nics` cannot
+    place at any PCI function (software RoCE over a bond, a VLAN or a USB NIC): named
+    where ray-numa says why no NIC was chosen, so "none" is not read as "no devices"."""
+    base = sys_root / "class/infiniband"
+    return tuple(name for name in _listdir(base)
+                 if not _placed(sys_root, base / name, _listdir(base / name / "ports"))[0])
+
+
 def nic_order(nic: "RdmaNic") -> Tuple[int, bool, str]:
     """PCI order (:func:`bdf_order`); on one function, a PCI device before a software one."""
     return bdf_order(nic.bdf), bool(nic.via), nic.name
@@ -228,11 +244,9 @@ def read_nics(sys_root: Path,
     for name in _listdir(base):
         dev = base / name
         port_names = _listdir(dev / "ports")
-        bdf, via = _function(dev / "device"), ""
+        bdf, via = _placed(sys_root, dev, port_names)
         if not bdf:
-            bdf, via = _soft_function(sys_root, dev, port_names)
-            if not bdf:
-                continue      # no PCI function behind it, nor behind its netdev
+            continue          # no PCI function behind it, nor behind its netdev
         if via or not os.path.realpath(dev / "device").endswith(os.sep + bdf):
             beside[name] = bdf
         physfn = sys_root / "bus/pci/devices" / bdf / "physfn"

@@ -12,7 +12,7 @@ from .apply import probe_mempolicy
 from .cuda_ids import Gpu
 from .gpus import discover_gpus, gpu_numa_node, pci_numa_node_read
 from .nic_env import usable_nics
-from .nics import nic_order, pci_place, read_nics
+from .nics import nic_order, pci_place, read_nics, unplaced
 from .planning import plan_for
 from .options import BindOptions
 from .pcipath import choose, compute_nets, matrix
@@ -86,6 +86,7 @@ def nic_report(gpus: Sequence[Gpu], sys_root: Path) -> Dict[str, Any]:
     rows = dict(zip((i for i, _ in known), matrix(known, nics)))
     return {
         "devices": [{"name": n.name, "bus_id": n.bdf, "netdevs": list(n.netdevs),
+                     "via_netdev": n.via,
                      "numa_node": n.place.numa_node if n.place else None,
                      "ports": [{"port": p.number, "state": p.state,
                                 "link_layer": p.link_layer, "rate_gbps": p.rate_gbps,
@@ -94,4 +95,5 @@ def nic_report(gpus: Sequence[Gpu], sys_root: Path) -> Dict[str, Any]:
         "matrix": {str(g.index): rows.get(g.index) for g in gpus},
         "chosen": {str(i): {"nets": list(c.nets), "path": c.path}
                    for i, c in chosen.items()},
+        "unplaced": list(unplaced(sys_root)),
     }

@@ -150,3 +150,35 @@ def test_a_vf_is_the_nic_where_only_its_verbs_device_opens(tmp_path):
     assert got["UCX_NET_DEVICES"] == "mlx5_12:1"
     shown = json.loads(ray_numa("show", "--json", env=env).stdout)["nics"]
     assert shown["chosen"]["0"] == {"nets": ["mlx5_12:1"], "path": "PIX"}
+
+
+def test_devices_that_cannot_be_placed_are_named_not_called_none(machine_tree, tmp_path,
+                                                                  on_machine, capsys):
+    """rxe over a bond (its GID netdev has no PCI function): ``show`` names the devices
+    it could not place instead of "no /sys/class/infiniband devices", and a worker's
+    note says why no NIC was chosen (rev23 item 9)."""
+    import shutil
+    from ray_numa import cli, nic_env
+    root = tmp_path / "t"
+    shutil.copytree(machine_tree("soft-roce-vm"), root, symlinks=True)
+    for name in ("rxe_n0", "rxe_n1"):
+        (root / f"sys/devices/virtual/infiniband/{name}/ports/1/gid_attrs/ndevs/0"
+         ).write_text("bond0\n")
+    on_machine(root)
+    assert cli.main(["show"]) == 0
+    out = capsys.readouterr().out
+    assert "RDMA NICs: none placed; rxe_n0, rxe_n1: listed in /sys/class/infiniband" in out
+    assert "no /sys/class/infiniband devices" not in out
+    choice, why = nic_env.choice_for(["0"])
+    assert choice is None and why.startswith("RDMA device(s) rxe_n0, rxe_n1 have no PCI "
+                                             "function behind them"), why
+
+
+def test_show_marks_a_software_device_and_its_netdev(machine_tree, on_machine, capsys):
+    from ray_numa import cli
+    on_machine("soft-roce-vm")
+    assert cli.main(["show"]) == 0
+    out = capsys.readouterr().out
+    assert "rxe_n1:1 ACTIVE Ethernet 2.5G eligible (software, over eth1)" in out, out
+    row = next(line for line in out.splitlines() if line.lstrip().startswith("GPU0"))
+    assert row.split()[1:] == ["SYS", "PHB", "rxe_n1:1"], row
