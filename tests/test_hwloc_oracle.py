@@ -61,13 +61,14 @@ pytestmark = pytest.mark.skipif(
 HWLOC_ENV = {"HWLOC_COMPONENTS": "linux,stop", "HWLOC_KEEP_NVIDIA_GPU_NUMA_NODES": "1",
              "HWLOC_DUMPED_HWDATA_DIR": "/var/run/hwloc"}
 
-FACTS = ("node CPUs", "PCI locality", "sockets", "cores", "L3 groups", "allowed")
+FACTS = ("node CPUs", "PCI locality", "sockets", "cores", "L3 groups", "allowed",
+         "RDMA devices")
 
 #: One disagreement: what (``node 3``, ``cpu 5``, a PCI bus id), and each side's CPUs
 #: as a kernel list (``none``, ``unknown``).
 Diff = namedtuple("Diff", "item ours hwloc")
 Hwloc = namedtuple("Hwloc", "complete online allowed_cpus nodes allowed_nodes node_cpus packages "
-                   "cores caches pci")
+                   "cores caches pci rdma")
 Dump = namedtuple("Dump", "name root hwloc")
 
 
@@ -164,8 +165,10 @@ def parse_hwloc(xml: str) -> Hwloc:
     cores: Dict[int, FrozenSet[int]] = {}
     caches: Dict[int, FrozenSet[int]] = {}
     pci: Dict[str, FrozenSet[int]] = {}
+    rdma: Dict[str, str] = {}
 
-    def walk(obj: ET.Element, placed: FrozenSet[int], cache: Tuple[int, FrozenSet[int]]) -> None:
+    def walk(obj: ET.Element, placed: FrozenSet[int], cache: Tuple[int, FrozenSet[int]],
+             busid: str = "") -> None:
         kind, cpus = obj.get("type"), bitmap(obj.get("cpuset"))
         if obj.get("cpuset") is not None:
             placed = cpus
@@ -182,14 +185,18 @@ def parse_hwloc(xml: str) -> Hwloc:
             caches[int(obj.get("os_index"))] = cache[1]
         elif kind == "PCIDev":
             pci[obj.get("pci_busid")] = placed
+            busid = obj.get("pci_busid")
+        elif kind == "OSDev" and (obj.get("osdev_type") == "3"      # hwloc 2.x's
+                                  or obj.get("subtype") == "OpenFabrics"):   # 3.x
+            rdma[obj.get("name")] = busid          # "" where not below a PCI device
         for child in obj.findall("object"):
-            walk(child, placed, cache)
+            walk(child, placed, cache, busid if kind in ("PCIDev", "OSDev") else "")
 
     walk(root, bitmap(root.get("cpuset")), (0, frozenset()))
     return Hwloc(complete=bitmap(root.get("complete_cpuset")), online=bitmap(root.get("cpuset")), allowed_cpus=bitmap(root.get("allowed_cpuset")),
                  nodes=bitmap(root.get("complete_nodeset")),
                  allowed_nodes=bitmap(root.get("allowed_nodeset")), node_cpus=node_cpus,
-                 packages=packages, cores=cores, caches=caches, pci=pci)
+                 packages=packages, cores=cores, caches=caches, pci=pci, rdma=rdma)
 
 
 def lstopo(fsroot: Path) -> Hwloc:
@@ -284,6 +291,19 @@ def pci_locality(dump: Dump) -> List[Diff]:
     return out
 
 
+def rdma_devices(dump: Dump) -> List[Diff]:
+    """Each RDMA device's PCI function: hwloc's OpenFabrics OS device under its PCI
+    device (``hwloc_linuxfs_lookup_infiniband_class``, by the ``device`` link) and
+    ray-numa's :func:`~ray_numa.nics.read_nics`; a device hwloc puts under no PCI
+    device (Xeon Phi's ``scif0``) is one ray-numa does not place either."""
+    from ray_numa.nics import read_nics
+    mine = {n.name: n.bdf for n in read_nics(dump.root / "sys")}
+    return [Diff(name, mine.get(name) or "not placed", dump.hwloc.rdma.get(name) or
+                 "not placed")
+            for name in sorted(set(mine) | set(dump.hwloc.rdma))
+            if (mine.get(name) or "") != (dump.hwloc.rdma.get(name) or "")]
+
+
 def _plan(topo: Topology, allowed: object, value: dict) -> object:
     return plan_for(parse(value), (), topo, allowed)
 
@@ -340,7 +360,8 @@ def allowed(dump: Dump) -> List[Diff]:
     return out
 
 
-CHECKS = dict(zip(FACTS, (node_cpus, pci_locality, sockets, cores, l3_groups, allowed)))
+CHECKS = dict(zip(FACTS, (node_cpus, pci_locality, sockets, cores, l3_groups, allowed,
+                          rdma_devices)))
 
 
 @pytest.mark.parametrize("fact", FACTS)
@@ -370,3 +391,9 @@ def test_the_oracle_sees_the_corpus(corpus):
     assert any(d.hwloc.allowed_cpus & d.hwloc.online != d.hwloc.online
                for d in corpus.values())                                 # cgroup limits
     assert any(d.hwloc.complete != d.hwloc.online for d in corpus.values())  # offline CPUs
+    rdma = {n: d.hwloc.rdma for n, d in corpus.items() if d.hwloc.rdma}       # RDMA devices
+    assert sum(bool(busid) for r in rdma.values() for busid in r.values()) >= 3, rdma
+    # Xeon Phi's scif0 (class/infiniband, no PCI device behind it): neither places it
+    from ray_numa.nics import unplaced
+    mic = corpus["32em64t-2n8c+dax+nvme+mic+dimms"]
+    assert unplaced(mic.root / "sys") == ("scif0",) and not mic.hwloc.rdma.get("scif0")
