@@ -31,19 +31,40 @@ def read_sysfs(path: Path) -> Optional[str]:
     the text ends at the first NUL, as hwloc's C-string read does (some kernels leave
     NULs after the newline, ``"0-7\\n\\0"``; ``"1\\0" "2"`` is 1, not 12).
 
-    At most :data:`MAX_READ` bytes are read (hwloc reads into a fixed buffer too): a
-    sysfs attribute is at most a page, and a file in a fixture tree that is a link to
+    The file is read to its end, as hwloc's ``hwloc__read_fd`` does: one ``read`` of a
+    kernfs file returns at most a page (``kernfs_file_read_iter`` in fs/kernfs/file.c),
+    and since Linux 5.15 ``node*/cpulist`` and the ``topology/*_list`` files are binary
+    attributes that may be longer (a node of 1000 CPUs numbered 0,2,4,... is a 5 KB
+    list); a multi-record /proc file (``/proc/self/maps``) comes a page at a time too.
+    But at most :data:`MAX_READ` bytes: a file in a fixture tree that is a link to
     ``/dev/zero`` or a FIFO must neither exhaust memory nor block (``O_NONBLOCK``).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            data = os.read(fd, MAX_READ)
+            data = _read_to_end(fd)
         finally:
             os.close(fd)
     except OSError:
         return None
     return data.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+
+def _read_to_end(fd: int) -> bytes:
+    """What ``fd`` holds up to :data:`MAX_READ` bytes, in as many reads as it takes
+    (until end of file, or no more for now from a FIFO)."""
+    chunks: List[bytes] = []
+    left = MAX_READ
+    while left:
+        try:
+            chunk = os.read(fd, left)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def sysfs_list(text: Optional[str]) -> Optional[FrozenSet[int]]:
