@@ -169,12 +169,20 @@ def publish(binding: Any) -> None:
     if not os.environ.get(environment.SPEC_ENV):
         return
     record = {"pid": os.getpid(), "start_time": start_time(), "binding": binding.as_dict()}
+    data = json.dumps(record, default=str).encode()
     try:
-        folder = _open_dir(create=True)
-        try:
-            _write(folder, f"{os.getpid()}.json", json.dumps(record, default=str).encode())
-        finally:
-            os.close(folder)
+        for attempt in range(3):
+            folder = _open_dir(create=True)
+            try:
+                _write(folder, f"{os.getpid()}.json", data)
+                break
+            except FileNotFoundError:
+                # another session's audit (prune) removed the directory, empty, between
+                # its creation and this write: make it again (it is not empty then)
+                if attempt == 2:
+                    raise
+            finally:
+                os.close(folder)
     except PermissionError as exc:     # someone else's directory: say so, once
         environment.warn_once(f"not publishing this worker's binding for `ray-numa audit`: "
                               f"{exc.filename} is {exc.strerror}")

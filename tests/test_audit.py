@@ -211,6 +211,42 @@ def test_prune_clears_this_hosts_ended_sessions_and_keeps_the_rest(tmp_path, mon
     assert (base / f"session_open@{host}").exists()
 
 
+def test_a_record_published_while_another_sessions_audit_prunes_is_kept(tmp_path, monkeypatch):
+    """Two Ray sessions of one user on one host (two clusters, or a worker of session B
+    starting while session A's audit runs): A's prune finds B's directory empty (its
+    workers so far have exited) and removes it just after a new worker of B created it
+    and before that worker's record is written there. Before, the write failed (ENOENT
+    in the removed directory) and the worker's binding was lost: B's audit called a
+    bound worker 'ray-numa has not bound this process'."""
+    from ray_numa import environment, ledger
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv(environment.SPEC_ENV, "{}")
+    session = ["session_b"]
+    monkeypatch.setattr(ledger, "_session_name", lambda: session[0])
+    real_open, interleaved = ledger._open_dir, []
+
+    def open_then_prune(create, path=None):
+        fd = real_open(create, path)
+        if create and not interleaved:          # session A's audit runs right now
+            interleaved.append(True)
+            session[0] = "session_a"
+            ledger.prune()
+            session[0] = "session_b"
+        return fd
+    monkeypatch.setattr(ledger, "_open_dir", open_then_prune)
+
+    class Bound:
+        def as_dict(self):
+            return {"status": "off", "reason": "", "cpus": "", "cpu_nodes": [],
+                    "mem_nodes": [], "memory": "", "gpus": [], "gpu_rule": "",
+                    "history": [], "backend": "", "notes": [], "calls": []}
+    ledger.publish(Bound())
+    assert interleaved
+    assert ledger.read(os.getpid()) == Bound().as_dict()
+
+
 @pytest.mark.parametrize("memory, mem_nodes, kernel, believed", [
     ("bind", [1], "bind:1", True),
     ("bind", [1], "bind:0", False),                 # the kind matches, the node does not
