@@ -59,16 +59,27 @@ class Net(namedtuple("Net", "nic port")):
         return f"{self.nic.name}:{self.port.number}"
 
 
-def _hca_allows(spec: str, net: Net) -> bool:
-    """NCCL_IB_HCA as NCCL reads an allow-list (``parseStringList``/``matchIfList``):
-    comma-separated ``name[:port]``, prefixes unless the list starts with ``=``."""
+def _atoi(text: str) -> int:
+    """C's ``atoi``: leading blanks, a sign and digits; 0 if none."""
+    head = text.lstrip(" \t\n\v\f\r")
+    sign = head[:1] if head[:1] in "+-" else ""
+    digits = head[len(sign):]
+    digits = digits[:len(digits) - len(digits.lstrip("0123456789"))]
+    return int(sign + digits) if digits else 0
+
+
+def _hca_matches(spec: str, net: Net) -> bool:
+    """Whether NCCL_IB_HCA (its ``^`` taken off) names ``net``, as NCCL reads it
+    (``parseStringList``/``matchIfList`` in src/misc/utils.cc): comma-separated
+    ``name[:port]`` taken character for character (a space is part of a name), the
+    port as ``atoi`` reads it, prefixes unless the list starts with ``=``; an empty
+    list names every port."""
     exact = spec.startswith("=")
-    for item in spec.lstrip("=").split(","):
-        name, _, port = item.strip().partition(":")
-        if name and (net.nic.name == name if exact else net.nic.name.startswith(name)) \
-                and (not port or port == str(net.port.number)):
-            return True
-    return False
+    items = [i.partition(":") for i in spec[exact:].split(",")]
+    items = [(name, _atoi(port) if colon else -1) for name, colon, port in items if name]
+    return not items or any(
+        (net.nic.name == name if exact else net.nic.name.startswith(name))
+        and port in (-1, net.port.number) for name, port in items)
 
 
 def compute_nets(nics: Sequence[RdmaNic], hca: str = "") -> List[Net]:
@@ -92,10 +103,8 @@ def compute_nets(nics: Sequence[RdmaNic], hca: str = "") -> List[Net]:
     """
     nets = [Net(nic, p) for nic in nics if nic.place is not None
             for p in nic.ports if p.active]
-    if hca.startswith("^"):
-        nets = [n for n in nets if not _hca_allows(hca[1:], n)]
-    elif hca:
-        nets = [n for n in nets if _hca_allows(hca, n)]
+    exclude = hca.startswith("^")        # NCCL's searchNot, then searchExact
+    nets = [n for n in nets if _hca_matches(hca[exclude:], n) != exclude]
     top = max((n.port.rate_gbps for n in nets if n.port.rate_gbps is not None), default=None)
     nets = [n for n in nets if n.port.rate_gbps in (None, top)]
     if any(n.port.link_layer == "InfiniBand" and n.port.rate_gbps == top for n in nets):

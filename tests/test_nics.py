@@ -238,6 +238,27 @@ def test_the_jobs_nccl_ib_hca_allow_list_names_the_compute_fabric():
     assert names("^mlx5_0:2") == names("")
 
 
+def test_nccl_ib_hca_is_read_character_for_character_as_nccl_does():
+    """NCCL's ``parseStringList`` (src/misc/utils.cc) keeps spaces in a name (" mlx5_1"
+    names no device), reads a port with ``atoi`` ("mlx5_0:" is port 0, which no device
+    has; "01" is 1), and ``matchIfList`` of an empty list matches every device, so
+    "^" alone excludes every port and "=" alone keeps every port. Before, names were
+    stripped, "mlx5_0:" meant every port, "01" no port, "^" excluded nothing and "="
+    everything: ray-numa pointed the worker at ports NCCL would not use, or at none."""
+    mk = lambda n: RdmaNic(n, "0000:01:00.0", (Port(1, "ACTIVE", "Ethernet", 200.0),),  # noqa: E731
+                           (), _place())
+    nics = [mk("mlx5_0"), mk("mlx5_1"), mk("mlx5_10")]
+    names = lambda hca: [n.name for n in compute_nets(nics, hca)]  # noqa: E731
+    every = ["mlx5_0:1", "mlx5_1:1", "mlx5_10:1"]
+    assert names("^mlx5_0, mlx5_1") == ["mlx5_1:1", "mlx5_10:1"]   # " mlx5_1": no device
+    assert names("mlx5_0, mlx5_1") == ["mlx5_0:1"]
+    assert names("mlx5_0:") == []
+    assert names("=mlx5_1:01") == ["mlx5_1:1"]
+    assert names("^") == []
+    assert names("=") == every
+    assert names("^=") == []
+
+
 @pytest.mark.parametrize("text", [None, "", "\0\0", "nan Gb/sec", "inf Gb/sec", "fast",
                                   "0 Gb/sec", "-400 Gb/sec", "400"])
 def test_an_unknown_rate_never_evicts_a_port(tmp_path, text):
