@@ -7,7 +7,8 @@ that the plugin started writes its :class:`~ray_numa.binding.Binding` to
 ``$XDG_RUNTIME_DIR/ray-numa-bindings/<session>@<host>``, else
 ``~/.cache/ray-numa-bindings/<session>@<host>``). Pids are reused, so each record
 carries the process start time (``/proc/<pid>/stat`` field 22) and a record whose
-start time no longer matches belongs to a dead process and is ignored (and pruned).
+start time no longer matches belongs to a dead process and is ignored (and pruned);
+it names its pid namespace too, which another container's prune leaves alone.
 Only processes that the plugin started (``RAY_NUMA_SPEC`` set) publish; publishing
 never fails a worker.
 
@@ -149,6 +150,15 @@ def start_time(pid: Union[int, str] = "self") -> Optional[str]:
         return None
 
 
+def _pid_namespace() -> Optional[str]:
+    """This process's pid namespace (``pid:[4026531836]``, namespaces(7)), which gives
+    its pids their meaning; None if /proc does not say."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _write(folder: int, name: str, data: bytes) -> None:
     """``data`` into ``name`` in ``folder`` (a descriptor), atomically; never through
     a link someone planted."""
@@ -168,7 +178,8 @@ def publish(binding: Any) -> None:
     """Write this process's binding (atomically) if the plugin started it."""
     if not os.environ.get(environment.SPEC_ENV):
         return
-    record = {"pid": os.getpid(), "start_time": start_time(), "binding": binding.as_dict()}
+    record = {"pid": os.getpid(), "start_time": start_time(), "pidns": _pid_namespace(),
+              "binding": binding.as_dict()}
     data = json.dumps(record, default=str).encode()
     try:
         for attempt in range(3):
@@ -194,8 +205,9 @@ def problem(record: Any, pid: int) -> str:
     """Why ``record`` is not a record of ``pid`` as :func:`publish` writes it ("" if it is)."""
     if not isinstance(record, dict):
         return "not a JSON object"
-    if record.get("pid") != pid or not isinstance(record.get("start_time"), (str, type(None))):
-        return f"its pid/start_time are not {pid}'s"
+    if record.get("pid") != pid or not all(
+            isinstance(record.get(k), (str, type(None))) for k in ("start_time", "pidns")):
+        return f"its pid/start_time/pidns are not {pid}'s"
     binding = record.get("binding")
     if not isinstance(binding, dict):
         return "its 'binding' is not an object"
@@ -256,10 +268,14 @@ def _records(folder: int) -> Iterator[Tuple[str, int]]:
 def _prune_folder(folder: int) -> int:
     """Remove the records of exited processes, and files that are no records, from
     ``folder`` (a descriptor); how many records are left."""
-    left = 0
+    left, here = 0, _pid_namespace()
     for name, pid in _records(folder):
         try:
-            stale = _load(folder, name, pid)["start_time"] != start_time(pid)
+            record = _load(folder, name, pid)
+            # another pid namespace's (a container sharing this host name and home):
+            # its pid means another process here, so only its own audit may judge it
+            stale = record.get("pidns") in (None, here) and \
+                record["start_time"] != start_time(pid)
         except FileNotFoundError:
             continue
         except (RecordError, OSError):   # not a record (a link, a forgery): goes too

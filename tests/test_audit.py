@@ -211,6 +211,50 @@ def test_prune_clears_this_hosts_ended_sessions_and_keeps_the_rest(tmp_path, mon
     assert (base / f"session_open@{host}").exists()
 
 
+def test_prune_leaves_a_live_record_of_another_pid_namespace(tmp_path, monkeypatch):
+    """Two containers on one host name (Docker's ``--network host`` keeps the host's
+    name; a pod's containers share one) with one home directory mounted: each runs
+    its own Ray session in its own pid namespace, so the other's pids mean nothing
+    here. Before, this container's audit judged the other's live records by its own
+    /proc (pid 1 here is another process) and deleted them: the other audit then
+    called its bound workers unbound. A record says which pid namespace wrote it."""
+    from ray_numa import environment, ledger
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    try:
+        ok = subprocess.run(unshare + ["true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        pytest.skip("unshare cannot make a pid namespace here")
+    code = textwrap.dedent("""
+        import sys
+        from ray_numa import ledger
+        class Bound:
+            def as_dict(self):
+                return {"status": "off", "reason": "", "cpus": "", "cpu_nodes": [],
+                        "mem_nodes": [], "memory": "", "gpus": [], "gpu_rule": "",
+                        "history": [], "backend": "", "notes": [], "calls": []}
+        ledger.publish(Bound())
+        print(ledger.ledger_dir(), flush=True)
+        sys.stdin.read()         # alive until the test closes stdin
+    """)
+    env = dict(os.environ, **{environment.SPEC_ENV: "{}", "PYTHONPATH": str(ROOT)})
+    other = subprocess.Popen(unshare + [sys.executable, "-c", code, "--session-name=session_b"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        folder = other.stdout.readline().strip()
+        assert folder.endswith(f"session_b@{socket.gethostname()}")
+        assert os.listdir(folder) == ["1.json"]        # pid 1 of its own namespace
+        ledger.prune()                                 # this session: "local"
+        assert os.listdir(folder) == ["1.json"]
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+
+
 def test_a_record_published_while_another_sessions_audit_prunes_is_kept(tmp_path, monkeypatch):
     """Two Ray sessions of one user on one host (two clusters, or a worker of session B
     starting while session A's audit runs): A's prune finds B's directory empty (its
