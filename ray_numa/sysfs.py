@@ -59,6 +59,8 @@ def _read_to_end(fd: int) -> bytes:
         try:
             chunk = os.read(fd, left)
         except BlockingIOError:
+            if not chunks:       # nothing to read at all: as unreadable as before
+                raise
             break
         if not chunk:
             break
