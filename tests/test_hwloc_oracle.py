@@ -158,8 +158,18 @@ def bitmap(text: Optional[str], limit: int = 1 << 16) -> FrozenSet[int]:
 CPU_CACHES = ("L1Cache", "L2Cache", "L3Cache", "L4Cache", "L5Cache")   # Data/Unified
 
 
+def openfabrics(osdev_type: str, version: str) -> bool:
+    """An OpenFabrics OS device: ``osdev_type`` 3 in hwloc 2.x's XML; in 3.x's
+    (``<topology version="3.0">``) a bitmask, OpenFabrics ``1<<5`` (hwloc.h), with
+    network (48 for an RDMA device), and 3 is storage|memory (a DAX device)."""
+    if not osdev_type.isdigit():
+        return False
+    return bool(int(osdev_type) & 1 << 5) if version.startswith("3") else osdev_type == "3"
+
+
 def parse_hwloc(xml: str) -> Hwloc:
-    root = ET.fromstring(xml).find("object")
+    top = ET.fromstring(xml)
+    root, version = top.find("object"), top.get("version") or ""
     node_cpus: Dict[int, FrozenSet[int]] = {}
     packages: List[FrozenSet[int]] = []
     cores: Dict[int, FrozenSet[int]] = {}
@@ -186,8 +196,7 @@ def parse_hwloc(xml: str) -> Hwloc:
         elif kind == "PCIDev":
             pci[obj.get("pci_busid")] = placed
             busid = obj.get("pci_busid")
-        elif kind == "OSDev" and (obj.get("osdev_type") == "3"      # hwloc 2.x's
-                                  or obj.get("subtype") == "OpenFabrics"):   # 3.x
+        elif kind == "OSDev" and openfabrics(obj.get("osdev_type") or "", version):
             rdma[obj.get("name")] = busid          # "" where not below a PCI device
         for child in obj.findall("object"):
             walk(child, placed, cache, busid if kind in ("PCIDev", "OSDev") else "")
@@ -380,6 +389,23 @@ def test_ray_numa_agrees_with_hwloc(corpus, fact):
             stale.append(f"{name} ({', '.join(gone)})")
     assert not unexplained, f"{fact}: ray-numa and hwloc differ on:\n" + "\n".join(unexplained)
     assert not stale, f"{fact}: DIFFERENCES names {stale}, which now agree: drop them"
+
+
+def test_rdma_devices_are_read_from_hwloc_2_and_3_xml():
+    """hwloc 3.x exports ``osdev_type`` as its bitmask (topology-xml.c: v2 export
+    writes 3 for OpenFabrics, v3 the types as they are): there 48 is an RDMA device
+    and 3 a DAX device. Before, a 3.x lstopo's RDMA devices went unseen (and a DAX
+    device was taken for one), failing the RDMA fact on every dump with a NIC."""
+    def xml(version, types):
+        devs = "".join(f'<object type="OSDev" name="{n}" osdev_type="{t}"/>'
+                       for n, t in types)
+        return (f'<topology version="{version}"><object type="Machine" cpuset="0x1">'
+                f'<object type="PCIDev" pci_busid="0000:82:00.0">{devs}</object>'
+                '</object></topology>')
+    assert parse_hwloc(xml("2.0", [("mlx4_0", "3"), ("dax0.0", "0")])).rdma == {
+        "mlx4_0": "0000:82:00.0"}
+    assert parse_hwloc(xml("3.0", [("mlx4_0", "48"), ("dax0.0", "3")])).rdma == {
+        "mlx4_0": "0000:82:00.0"}
 
 
 def test_the_oracle_sees_the_corpus(corpus):
