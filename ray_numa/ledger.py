@@ -265,9 +265,12 @@ def _records(folder: int) -> Iterator[Tuple[str, int]]:
             yield name, int(stem)
 
 
-def _prune_folder(folder: int) -> int:
+def _prune_folder(folder: int, own: bool) -> int:
     """Remove the records of exited processes, and files that are no records, from
-    ``folder`` (a descriptor); how many records are left."""
+    ``folder`` (a descriptor); how many records are left. In another session's
+    folder (``own`` false) a file this version cannot read goes only once no process
+    has its pid: that session may run another ray-numa version, whose record of a
+    live worker (a new status, a new field type) is no forgery."""
     left, here = 0, _pid_namespace()
     for name, pid in _records(folder):
         try:
@@ -279,7 +282,7 @@ def _prune_folder(folder: int) -> int:
         except FileNotFoundError:
             continue
         except (RecordError, OSError):   # not a record (a link, a forgery): goes too
-            stale = True
+            stale = own or start_time(pid) is None
         if stale:
             try:
                 os.unlink(name, dir_fd=folder)
@@ -308,7 +311,7 @@ def prune() -> None:
         except OSError:
             continue
         try:
-            left = _prune_folder(folder)
+            left = _prune_folder(folder, own=name == current.name)
         finally:
             os.close(folder)
         if name != current.name and not left:

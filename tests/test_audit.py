@@ -255,6 +255,32 @@ def test_prune_leaves_a_live_record_of_another_pid_namespace(tmp_path, monkeypat
         other.wait(timeout=30)
 
 
+def test_prune_keeps_another_sessions_record_that_another_version_wrote(tmp_path,
+                                                                         monkeypatch):
+    """Two Ray clusters of one user on one host may run different ray-numa versions
+    (two virtualenvs). A newer version's record of a live worker (here a status this
+    version does not know) is not this version's to call a forgery in the other
+    session's directory: before, this session's audit deleted it (and the directory),
+    and the other session's audit called the worker unbound. In that directory an
+    unreadable file goes only once its pid is gone; in this session's, as before."""
+    from ray_numa import ledger
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    base, host = runtime / ledger.DIR_NAME, socket.gethostname()
+    dead = run_child("print(os.getpid())").stdout.split()[-1]      # exited by now
+    newer = {"pid": os.getpid(), "start_time": ledger.start_time(),
+             "binding": {"status": "partial", "future_field": 1}}
+    other, mine = base / f"session_other@{host}", ledger.ledger_dir()     # this session's
+    for folder in (other, mine):
+        folder.mkdir(parents=True, mode=0o700)
+        (folder / f"{os.getpid()}.json").write_text(json.dumps(newer))
+        (folder / f"{dead}.json").write_text("not JSON")
+    ledger.prune()
+    assert os.listdir(other) == [f"{os.getpid()}.json"]
+    assert os.listdir(mine) == []
+
+
 def test_a_record_published_while_another_sessions_audit_prunes_is_kept(tmp_path, monkeypatch):
     """Two Ray sessions of one user on one host (two clusters, or a worker of session B
     starting while session A's audit runs): A's prune finds B's directory empty (its
