@@ -75,7 +75,7 @@ def _hca_matches(spec: str, net: Net) -> bool:
     port as ``atoi`` reads it, prefixes unless the list starts with ``=``; an empty
     list names every port."""
     exact = spec.startswith("=")
-    items = [i.partition(":") for i in spec[exact:].split(",")]
+    items = [i.partition(":") for i in (spec[1:] if exact else spec).split(",")]
     items = [(name, _atoi(port) if colon else -1) for name, colon, port in items if name]
     return not items or any(
         (net.nic.name == name if exact else net.nic.name.startswith(name))
@@ -104,7 +104,7 @@ def compute_nets(nics: Sequence[RdmaNic], hca: str = "") -> List[Net]:
     nets = [Net(nic, p) for nic in nics if nic.place is not None
             for p in nic.ports if p.active]
     exclude = hca.startswith("^")        # NCCL's searchNot, then searchExact
-    nets = [n for n in nets if _hca_matches(hca[exclude:], n) != exclude]
+    nets = [n for n in nets if _hca_matches(hca[1:] if exclude else hca, n) != exclude]
     top = max((n.port.rate_gbps for n in nets if n.port.rate_gbps is not None), default=None)
     nets = [n for n in nets if n.port.rate_gbps in (None, top)]
     if any(n.port.link_layer == "InfiniBand" and n.port.rate_gbps == top for n in nets):
