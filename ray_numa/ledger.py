@@ -31,6 +31,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
@@ -290,15 +291,34 @@ def _prune_folder(folder: int, own: bool) -> int:
             except OSError:
                 pass
         left += 1
+    _drop_stale_temporaries(folder)
     return left
+
+
+#: A ``.<pid>.<thread>.tmp`` older than this was left by a writer that died mid-write
+#: (a write takes microseconds); any pid namespace's, so its age decides, not its pid.
+STALE_TMP_S = 300
+
+
+def _drop_stale_temporaries(folder: int) -> None:
+    now = time.time()
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(".tmp"):
+            try:
+                info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                if now - info.st_mtime > STALE_TMP_S:
+                    os.unlink(name, dir_fd=folder)
+            except OSError:
+                pass
 
 
 def prune() -> None:
     """Remove records of processes that have exited, and files that are no records, in
     this session's directory and in those of this host's earlier sessions; an earlier
     session's directory left empty goes too (each Ray session makes one, and a home
-    directory would otherwise collect them). Another host's directories (a shared home)
-    are its own to prune: its pids are not this host's."""
+    directory would otherwise collect them), and so does a temporary file a worker
+    left when it died mid-write. Another host's directories (a shared home) are its
+    own to prune: its pids are not this host's."""
     current = ledger_dir()
     siblings = []
     base = current.parent

@@ -344,3 +344,26 @@ def test_the_audit_believes_a_policy_only_over_the_recorded_nodes(memory, mem_no
     facts = {"cpus_allowed": "0", "mempolicies": sorted(policies)}
     said = contradiction(record, facts)
     assert (said == "") == believed, said
+
+
+def test_prune_drops_a_dead_writers_temporary_and_then_its_directory(tmp_path, monkeypatch):
+    """A worker killed between creating ``.<pid>.<tid>.tmp`` and renaming it leaves
+    the file behind; once it is older than any write takes, prune removes it, so an
+    ended session's directory can go. A fresh one (a write in flight, maybe in
+    another pid namespace) stays."""
+    from ray_numa import ledger
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    host = socket.gethostname()
+    ended = runtime / ledger.DIR_NAME / f"session_ended@{host}"
+    ended.mkdir(parents=True, mode=0o700)
+    fresh = runtime / ledger.DIR_NAME / f"session_writing@{host}"
+    fresh.mkdir(mode=0o700)
+    old = ended / ".4242.1.tmp"
+    old.write_text("{")
+    os.utime(old, (time.time() - 2 * ledger.STALE_TMP_S,) * 2)
+    (fresh / ".4243.1.tmp").write_text("{")
+    ledger.prune()
+    assert not ended.exists()
+    assert os.listdir(fresh) == [".4243.1.tmp"]
