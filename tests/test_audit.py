@@ -180,21 +180,32 @@ def test_a_published_binding_dies_with_its_process():
     assert not (ledger.ledger_dir() / f"{quiet.stdout.split()[-1]}.json").exists()
 
 
+#: A record's binding as ``Binding.as_dict()`` writes it, with every field the
+#: ledger checks: the one the prune tests publish.
+OFF = {"status": "off", "reason": "", "cpus": "", "cpu_nodes": [], "mem_nodes": [],
+       "memory": "", "gpus": [], "gpu_rule": "", "history": [], "backend": "", "notes": [],
+       "calls": []}
+
+
+def private_runtime(tmp_path, monkeypatch):
+    """A fresh ``$XDG_RUNTIME_DIR`` of this user's alone (0700): the ledger's base
+    is ``<it>/ray-numa-bindings``, away from every other test's records."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime
+
+
 def test_prune_clears_this_hosts_ended_sessions_and_keeps_the_rest(tmp_path, monkeypatch):
     """Every Ray session makes ``<session>@<host>``: once its workers have exited, the
     audit's prune removes their records and the emptied directory. A live process's
     record, this session's directory, another host's (a shared home) and anything
     that is not this user's alone stay."""
     from ray_numa import ledger
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    runtime = private_runtime(tmp_path, monkeypatch)
     base, host = runtime / ledger.DIR_NAME, socket.gethostname()
     dead = run_child("print(os.getpid())").stdout.split()[-1]      # exited by now
-    live = {"pid": os.getpid(), "start_time": ledger.start_time(),
-            "binding": {"status": "off", "reason": "", "cpus": "", "cpu_nodes": [],
-                        "mem_nodes": [], "memory": "", "gpus": [], "gpu_rule": "",
-                        "history": [], "backend": "", "notes": [], "calls": []}}
+    live = {"pid": os.getpid(), "start_time": ledger.start_time(), "binding": OFF}
     folders = {name: base / f"{name}@{h}" for name, h in (
         ("session_ended", host), ("session_live", host), ("session_other", "otherhost"))}
     for folder in folders.values():
@@ -219,9 +230,7 @@ def test_prune_leaves_a_live_record_of_another_pid_namespace(tmp_path, monkeypat
     /proc (pid 1 here is another process) and deleted them: the other audit then
     called its bound workers unbound. A record says which pid namespace wrote it."""
     from ray_numa import environment, ledger
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    private_runtime(tmp_path, monkeypatch)
     unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
     try:
         ok = subprocess.run(unshare + ["true"], capture_output=True, timeout=30).returncode == 0
@@ -229,14 +238,12 @@ def test_prune_leaves_a_live_record_of_another_pid_namespace(tmp_path, monkeypat
         ok = False
     if not ok:
         pytest.skip("unshare cannot make a pid namespace here")
-    code = textwrap.dedent("""
+    code = textwrap.dedent(f"""
         import sys
         from ray_numa import ledger
         class Bound:
             def as_dict(self):
-                return {"status": "off", "reason": "", "cpus": "", "cpu_nodes": [],
-                        "mem_nodes": [], "memory": "", "gpus": [], "gpu_rule": "",
-                        "history": [], "backend": "", "notes": [], "calls": []}
+                return {OFF!r}
         ledger.publish(Bound())
         print(ledger.ledger_dir(), flush=True)
         sys.stdin.read()         # alive until the test closes stdin
@@ -264,9 +271,7 @@ def test_prune_keeps_another_sessions_record_that_another_version_wrote(tmp_path
     and the other session's audit called the worker unbound. In that directory an
     unreadable file goes only once its pid is gone; in this session's, as before."""
     from ray_numa import ledger
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    runtime = private_runtime(tmp_path, monkeypatch)
     base, host = runtime / ledger.DIR_NAME, socket.gethostname()
     dead = run_child("print(os.getpid())").stdout.split()[-1]      # exited by now
     newer = {"pid": os.getpid(), "start_time": ledger.start_time(),
@@ -289,9 +294,7 @@ def test_a_record_published_while_another_sessions_audit_prunes_is_kept(tmp_path
     in the removed directory) and the worker's binding was lost: B's audit called a
     bound worker 'ray-numa has not bound this process'."""
     from ray_numa import environment, ledger
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    private_runtime(tmp_path, monkeypatch)
     monkeypatch.setenv(environment.SPEC_ENV, "{}")
     session = ["session_b"]
     monkeypatch.setattr(ledger, "_session_name", lambda: session[0])
@@ -309,9 +312,7 @@ def test_a_record_published_while_another_sessions_audit_prunes_is_kept(tmp_path
 
     class Bound:
         def as_dict(self):
-            return {"status": "off", "reason": "", "cpus": "", "cpu_nodes": [],
-                    "mem_nodes": [], "memory": "", "gpus": [], "gpu_rule": "",
-                    "history": [], "backend": "", "notes": [], "calls": []}
+            return OFF
     ledger.publish(Bound())
     assert interleaved
     assert ledger.read(os.getpid()) == Bound().as_dict()
@@ -352,9 +353,7 @@ def test_prune_drops_a_dead_writers_temporary_and_then_its_directory(tmp_path, m
     ended session's directory can go. A fresh one (a write in flight, maybe in
     another pid namespace) stays."""
     from ray_numa import ledger
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    runtime = private_runtime(tmp_path, monkeypatch)
     host = socket.gethostname()
     ended = runtime / ledger.DIR_NAME / f"session_ended@{host}"
     ended.mkdir(parents=True, mode=0o700)
