@@ -19,7 +19,7 @@ MODES = ("gpu", "far", "unbound")
 
 def _bind(mode: str) -> str:
     from ray_numa import bind_current_process
-    from ray_numa.binding import plan_for
+    from ray_numa.planning import plan_for
     from ray_numa.options import parse
     from ray_numa.topology import machine_topology
     if mode == "unbound":

@@ -18,8 +18,7 @@ from . import environment, ledger
 from .apply import (BindError, RecordingBackend, SyscallBackend, apply_plan, catch_up,
                     migrate_touched, reset)
 from .cpusets import format_cpulist, parse_cpulist, process_limits
-from .planning import plan_for
-from .policy import Plan, Skip
+from .decision import Plan, Skip
 from .prepared import lookup as prepared_plan
 from .record import UNBOUND, Binding
 
@@ -91,12 +90,17 @@ class Binder:
         from .topology import process_allowed
         return process_allowed(self.topology, self.limits)
 
+    def _plan_here(self, options: BindOptions, gpus: Tuple[str, ...]) -> Any:
+        """Plan here; the planner loads on first use (a prepared plan never needs it)."""
+        from .planning import plan_for
+        return plan_for(options, gpus, self.topology, self.allowed)
+
     def _decide(self, options: BindOptions, gpus: Tuple[str, ...]) -> Any:
         """The agent's plan for a worker's one GPU if it holds here (prepared.py),
         else the plan made here."""
         prepared = prepared_plan(options, gpus, self.limits) if options.auto else None
         if prepared is None:
-            return plan_for(options, gpus, self.topology, self.allowed)
+            return self._plan_here(options, gpus)
         decision, self._node_ids = prepared
         return decision
 
@@ -258,7 +262,7 @@ class Binder:
 
     def adopt_numactl(self, options: BindOptions, argv: Sequence[str]) -> Binding:
         """Record a binding that ``numactl`` applied before this interpreter started."""
-        decision = plan_for(options, (), self.topology, self.allowed)
+        decision = self._plan_here(options, ())
         if isinstance(decision, Skip):   # cannot happen unless the machine changed
             return self.skip(decision, options, ())
         memory, nodes = "none", ()
@@ -298,7 +302,7 @@ class Binder:
         before, gpus = self.binding, self._followed
         if gpus == before.gpus:
             return before                  # drives what it was bound for: nothing to do
-        decision = plan_for(options, gpus, self.topology, self.allowed)
+        decision = self._plan_here(options, gpus)
         history = before.history + (before._replace(history=()).as_dict(),)
         if isinstance(decision, Skip):
             if options.strict:

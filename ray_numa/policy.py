@@ -13,6 +13,7 @@ from typing import (TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, Op
                     Sequence, Tuple, Union)
 
 from .cpusets import format_cpulist
+from .decision import Plan, Skip  # noqa: F401  (policy's answers; re-exported)
 from .sysfs import nodes_within
 
 if TYPE_CHECKING:   # a worker with a prepared plan (prepared.py) never loads topology
@@ -34,34 +35,6 @@ class Target(namedtuple("Target", "label node peer bus", defaults=(None, ""))):
     node: Optional[int]
     peer: Optional[int]          # index into ``peer_nodes`` (GPUs of the machine); None
     bus: str                     # a GPU's PCI function (sysfs form); default ""
-
-
-class Plan(namedtuple("Plan", "cpus cpu_nodes mem_nodes memory reason notes home",
-                      defaults=((), None))):
-    __slots__ = ()
-    cpus: FrozenSet[int]
-    cpu_nodes: Tuple[int, ...]
-    mem_nodes: Tuple[int, ...]
-    memory: str                  # bind | preferred | interleave | none
-    reason: str
-    notes: Tuple[str, ...]       # default ()
-    #: The GPU's own memory node (nearest with memory): what "preferred" means where
-    #: the kernel can prefer only one node (no MPOL_PREFERRED_MANY before 5.15), what
-    #: a refused bind/interleave falls back to, and where touched pages migrate.
-    home: Optional[int]          # default None
-
-
-class Skip(namedtuple("Skip", "reason fix quiet", defaults=("", False))):
-    """Binding is impossible or pointless; ``fix`` says what the user can do."""
-    __slots__ = ()
-    reason: str
-    fix: str                     # default ""
-    #: Nothing to bind (no GPU, one NUMA node, span="skip"): logged, not warned, and
-    #: no failure for strict, which refuses only a binding it cannot make; default False
-    quiet: bool
-
-    def message(self) -> str:
-        return f"{self.reason}; {self.fix}" if self.fix else self.reason
 
 
 #: The reason when "auto" has no GPU to bind near (quiet: CPU-only work).

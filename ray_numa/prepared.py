@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from . import environment
 from .cpusets import Limits, format_cpulist, parse_cpulist, process_limits
 from .options import MEMORY_POLICIES
-from .policy import Plan, Skip
+from .decision import Plan, Skip
 from .shapes import NONE, problem, shape
 
 VERSION = 1

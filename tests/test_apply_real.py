@@ -51,7 +51,7 @@ def test_memory_policies_reach_the_kernel(memory, policy):
 
 def test_numactl_prefix_probe_and_worker_adoption():
     from ray_numa.apply import probe_numactl
-    from ray_numa.binding import plan_for
+    from ray_numa.planning import plan_for
     from ray_numa.options import parse
     plan = plan_for(parse({"node": 0, "cpus": [0]}))
     argv, memory, notes = probe_numactl(plan)

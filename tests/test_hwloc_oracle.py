@@ -43,7 +43,7 @@ from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping
 
 import pytest
 
-from ray_numa.binding import plan_for
+from ray_numa.planning import plan_for
 from ray_numa.cpusets import format_cpulist
 from ray_numa.gpus import pci_numa_node
 from ray_numa.options import parse

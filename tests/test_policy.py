@@ -1,7 +1,7 @@
 """Binding decisions on fixture copies of real machines (no process is changed)."""
 import pytest
 
-from ray_numa.binding import plan_for
+from ray_numa.planning import plan_for
 from ray_numa.options import parse
 from ray_numa.policy import Plan, Skip
 from ray_numa.topology import format_cpulist

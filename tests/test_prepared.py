@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ray_numa import prepared
-from ray_numa.binding import plan_for
+from ray_numa.planning import plan_for
 from ray_numa.cpusets import process_limits
 from ray_numa.environment import PLANS_ENV
 from ray_numa.options import parse
@@ -67,7 +67,8 @@ def test_a_worker_plans_itself_unless_everything_a_plan_depends_on_matches(
 
 
 def test_a_gpu_worker_with_the_agents_plan_reads_no_topology(on_machine, monkeypatch):
-    """What the plan saves: the first bind reads no sysfs file and loads no GPU code."""
+    """What the plan saves: the first bind reads no sysfs file and loads no GPU code,
+    nor the planner (policy, planning: ~1 ms of imports)."""
     import subprocess
     import sys
     root = on_machine("dgx-h100")
@@ -79,7 +80,8 @@ def test_a_gpu_worker_with_the_agents_plan_reads_no_topology(on_machine, monkeyp
             "from ray_numa.options import parse\n"
             "b, files = opened_files(lambda: process_binder().bind(parse('auto'), ['5']))\n"
             "print(json.dumps({'cpus': b.cpus, 'files': files,\n"
-            "  'gpus_module': 'ray_numa.gpus' in sys.modules}))\n")
+            "  'gpus_module': 'ray_numa.gpus' in sys.modules,\n"
+            "  'planner': sorted({'ray_numa.planning', 'ray_numa.policy'} & set(sys.modules))}))\n")
     import os
     out = json.loads(subprocess.run([sys.executable, "-c", code], check=True, text=True,
                                     capture_output=True, env=dict(os.environ, **env)
@@ -87,4 +89,4 @@ def test_a_gpu_worker_with_the_agents_plan_reads_no_topology(on_machine, monkeyp
     assert out["cpus"] == "56-111,168-223"             # GPU 5 is on node 1
     data = [f for f in out["files"] if not f.endswith((".py", ".pyc", ".so"))]  # not imports
     assert not [f for f in data if f.startswith(str(root / "sys"))], data   # no sysfs read
-    assert not out["gpus_module"]
+    assert not out["gpus_module"] and out["planner"] == []

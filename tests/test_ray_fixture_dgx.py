@@ -8,7 +8,7 @@ computed for the GPU Ray really gave it.
 import pytest
 
 from conftest import ray_cluster
-from ray_numa.binding import plan_for
+from ray_numa.planning import plan_for
 from ray_numa.options import parse
 from ray_numa.topology import format_cpulist
 from tests.inspect_proc import inspect

@@ -82,7 +82,7 @@ def files_opened_to_plan(numa_bind, gpu_ids):
     """The files a cold process opens to plan ``numa_bind`` for ``gpu_ids``: a count
     that does not depend on load."""
     from ray_numa import gpus, topology
-    from ray_numa.binding import plan_for
+    from ray_numa.planning import plan_for
     from ray_numa.options import parse
     topology._cached_topology.cache_clear()
     gpus._discover.cache_clear()
@@ -142,12 +142,12 @@ def test_a_gpu_workers_first_bind_compiles_one_new_per_value_class():
             "from ray_numa import worker\n"
             "from ray_numa.binding import process_binder\n"
             "from ray_numa.options import parse\n"
-            "import ray_numa.follow, ray_numa.gpu_table\n"
+            "import ray_numa.follow, ray_numa.gpu_table, ray_numa.planning  # planning here\n"
             "print(json.dumps([len(sources),\n"
             "                  sorted(m for m in sys.modules if m.startswith('ray_numa'))]))\n")
     compiled, loaded = json.loads(subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
-    assert "ray_numa.policy" in loaded and "ray_numa.apply" in loaded
+    assert {"ray_numa.policy", "ray_numa.decision", "ray_numa.apply"} <= set(loaded)
     classes = [cls for name in loaded for cls in vars(importlib.import_module(name)).values()
                if inspect.isclass(cls) and cls.__module__ == name]
     assert not [cls for cls in classes if dataclasses.is_dataclass(cls)]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ray_numa import binding, gpus, topology
-from ray_numa.binding import plan_for
+from ray_numa.planning import plan_for
 from ray_numa.options import parse
 from ray_numa.policy import Plan, Skip
 from ray_numa.topology import format_cpulist
