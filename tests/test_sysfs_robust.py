@@ -113,7 +113,7 @@ def test_a_file_the_kernel_serves_a_page_at_a_time_is_read_whole():
     than that on a node of ~1000 CPUs numbered 0,2,4,...; read once, it was cut
     mid-id ("..., 2046" read as "..., 20"). /proc/self/maps, a multi-record seq_file,
     comes a page per read as well: read here by a small child (isolated, no site),
-    whose maps are longer than a page and shorter than MAX_READ (pytest's own, after
+    whose maps (32 mappings added) are longer than a page and shorter than MAX_READ (pytest's own, after
     the whole suite, can pass MAX_READ, and a longer file is cut there on purpose)."""
     import subprocess
     import sys
@@ -122,6 +122,13 @@ def test_a_file_the_kernel_serves_a_page_at_a_time_is_read_whole():
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from pathlib import Path
         from ray_numa.sysfs import MAX_READ, read_sysfs
+        # 32 more lines whatever the build (a static python with few .so files has
+        # maps of under a page): one page of a file, mapped 32 times at offset 0,
+        # makes 32 areas the kernel cannot merge (their file offsets do not follow)
+        import mmap
+        with open(sys.executable, "rb") as f:
+            keep = [mmap.mmap(f.fileno(), mmap.PAGESIZE, access=mmap.ACCESS_READ)
+                    for _ in range(32)]
         fd = os.open("/proc/self/maps", os.O_RDONLY)
         first = os.read(fd, 1 << 16)
         os.close(fd)
