@@ -30,7 +30,7 @@ from . import mappings, syscalls
 from .cpusets import format_cpulist
 
 if TYPE_CHECKING:
-    from .policy import Plan
+    from .decision import Plan
 
 SYS_NICE_FIX = ("the kernel refused set_mempolicy (EPERM): in a container add the "
                 "SYS_NICE capability (docker run --cap-add SYS_NICE; Kubernetes "

@@ -96,8 +96,7 @@ class Binder:
         return plan_for(options, gpus, self.topology, self.allowed)
 
     def _decide(self, options: BindOptions, gpus: Tuple[str, ...]) -> Any:
-        """The agent's plan for a worker's one GPU if it holds here (prepared.py),
-        else the plan made here."""
+        """The agent's plan for one GPU if it holds here (prepared.py), else one made here."""
         prepared = prepared_plan(options, gpus, self.limits) if options.auto else None
         if prepared is None:
             return self._plan_here(options, gpus)

@@ -88,7 +88,7 @@ def format_nics(nics: Dict[str, Any]) -> str:
     ports = ["; ".join(f"{d['name']}:{p['port']} {p['state'] or '?'} {p['link_layer']} "
                        f"{'?' if p['rate_gbps'] is None else format(p['rate_gbps'], 'g')}G"
                        f"{' eligible' if p['eligible'] else ''}"
-                       f"{' (software, over ' + d['via_netdev'] + ')' if d.get('via_netdev') else ''}"
+                       + (f" (software, over {d['via_netdev']})" if d.get("via_netdev") else "")
                        for p in d["ports"]) for d in nics["devices"]] + ([lost] if lost else [])
     return ("\nGPU x NIC (PIX: same PCIe switch, PXB: several switches, PHB: same host "
             "bridge, NODE: same NUMA node, SYS: across NUMA nodes, or a NUMA node unknown)\n"
@@ -152,7 +152,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from .apply import numactl_argv
     from .launcher import bind_current_process, resolve_options
     from .planning import plan_for
-    from .policy import Plan
+    from .decision import Plan
     if not args.command:
         print("ray-numa exec: give the command after --", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Union
 from .binding import Binding, process_binder
 from .cuda_ids import GpuResolutionError, parse_visible, visible_entry
 from .options import BindOptions, parse
-from .policy import Skip
+from .decision import Skip
 
 #: Launchers' local-rank variables, most specific first.
 LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK",

@@ -36,7 +36,7 @@ from .apply import BindError, numactl_argv, probe_numactl
 from .planning import plan_for
 from .gpu_table import for_agent as node_gpu_table
 from .options import BindOptions, parse
-from .policy import Skip
+from .decision import Skip
 
 BOOT_SCRIPT = str(Path(__file__).parent / "_boot" / "boot.py")
 PRIORITY = 90

@@ -16,7 +16,7 @@ from .nics import nic_order, pci_place, read_nics, unplaced
 from .planning import plan_for
 from .options import BindOptions
 from .pcipath import choose, compute_nets, matrix
-from .policy import Plan
+from .decision import Plan
 from .topology import format_cpulist, machine_topology, process_allowed
 
 
