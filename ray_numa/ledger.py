@@ -33,10 +33,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 from . import environment, shapes
 from .shapes import shape
+from .sysfs import listdir
 
 DIR_NAME = "ray-numa-bindings"
 STATUSES = ("bound", "skipped", "off", "unbound")
@@ -259,8 +260,9 @@ def read(pid: int) -> Optional[Dict[str, Any]]:
     return record["binding"]
 
 
-def _records(folder: int) -> Iterator[Tuple[str, int]]:
-    for name in os.listdir(folder):
+def _records(names: Iterable[str]) -> Iterator[Tuple[str, int]]:
+    """The ``<pid>.json`` among ``names`` (a folder's entries), with their pids."""
+    for name in names:
         stem, dot, ext = name.partition(".")
         if dot and ext == "json" and stem.isdigit():
             yield name, int(stem)
@@ -272,8 +274,8 @@ def _prune_folder(folder: int, own: bool) -> int:
     folder (``own`` false) a file this version cannot read goes only once no process
     has its pid: that session may run another ray-numa version, whose record of a
     live worker (a new status, a new field type) is no forgery."""
-    left, here = 0, _pid_namespace()
-    for name, pid in _records(folder):
+    left, here, names = 0, _pid_namespace(), os.listdir(folder)
+    for name, pid in _records(names):
         try:
             record = _load(folder, name, pid)
             # another pid namespace's (a container sharing this host name and home):
@@ -291,7 +293,7 @@ def _prune_folder(folder: int, own: bool) -> int:
             except OSError:
                 pass
         left += 1
-    _drop_stale_temporaries(folder)
+    _drop_stale_temporaries(folder, names)
     return left
 
 
@@ -300,9 +302,9 @@ def _prune_folder(folder: int, own: bool) -> int:
 STALE_TMP_S = 300
 
 
-def _drop_stale_temporaries(folder: int) -> None:
+def _drop_stale_temporaries(folder: int, names: Iterable[str]) -> None:
     now = time.time()
-    for name in os.listdir(folder):
+    for name in names:
         if name.startswith(".") and name.endswith(".tmp"):
             try:
                 info = os.stat(name, dir_fd=folder, follow_symlinks=False)
@@ -324,7 +326,7 @@ def prune() -> None:
     base = current.parent
     if base.name == DIR_NAME and _users_alone(str(base)):
         host = "@" + socket.gethostname()
-        siblings = sorted(n for n in _listdir(base) if n.endswith(host) and n != current.name)
+        siblings = [n for n in listdir(base) if n.endswith(host) and n != current.name]
     for name in [current.name] + siblings:
         try:
             folder = _open_dir(create=False, path=base / name)
@@ -340,9 +342,3 @@ def prune() -> None:
             except OSError:
                 pass
 
-
-def _listdir(path: Path) -> Tuple[str, ...]:
-    try:
-        return tuple(os.listdir(path))
-    except OSError:
-        return ()

@@ -35,7 +35,7 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-from .sysfs import read_int, read_sysfs
+from .sysfs import listdir, read_int, read_sysfs
 
 _BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 #: ``rate`` as the kernel's ``rate_show`` (drivers/infiniband/core/sysfs.c) writes
@@ -135,13 +135,6 @@ def _port(port_dir: Path) -> Optional[Port]:
                 link_layer=_text(port_dir / "link_layer"), rate_gbps=gbps or None)
 
 
-def _listdir(path: Path) -> Tuple[str, ...]:
-    try:
-        return tuple(sorted(os.listdir(path)))
-    except OSError:
-        return ()
-
-
 _NETDEV = re.compile(r"^[^/\s]{1,15}$")      # IFNAMSIZ - 1, no slash or space
 
 
@@ -183,7 +176,7 @@ def _verbs_by_device(sys_root: Path) -> Dict[str, str]:
     """``class/infiniband_verbs/uverbs<N>/ibdev``: device name -> its verbs device."""
     base = sys_root / "class/infiniband_verbs"
     out: Dict[str, str] = {}
-    for verbs in _listdir(base):
+    for verbs in listdir(base):
         name = _text(base / verbs / "ibdev")
         if verbs.startswith("uverbs") and name:
             out.setdefault(name, verbs)
@@ -202,8 +195,8 @@ def unplaced(sys_root: Path) -> Tuple[str, ...]:
     place at any PCI function (software RoCE over a bond, a VLAN or a USB NIC): named
     where ray-numa says why no NIC was chosen, so "none" is not read as "no devices"."""
     base = sys_root / "class/infiniband"
-    return tuple(name for name in _listdir(base)
-                 if not _placed(sys_root, base / name, _listdir(base / name / "ports"))[0])
+    return tuple(name for name in listdir(base)
+                 if not _placed(sys_root, base / name, listdir(base / name / "ports"))[0])
 
 
 def nic_order(nic: "RdmaNic") -> Tuple[int, bool, str]:
@@ -241,9 +234,9 @@ def read_nics(sys_root: Path,
     verbs_of = None
     vf_of: Dict[str, str] = {}        # a VF's device name -> its physical function
     beside: Dict[str, str] = {}       # a software or auxiliary device -> its function
-    for name in _listdir(base):
+    for name in listdir(base):
         dev = base / name
-        port_names = _listdir(dev / "ports")
+        port_names = listdir(dev / "ports")
         bdf, via = _placed(sys_root, dev, port_names)
         if not bdf:
             continue          # no PCI function behind it, nor behind its netdev
@@ -254,12 +247,12 @@ def read_nics(sys_root: Path,
             vf_of[name] = _function(physfn) or "?"
         ports = tuple(p for p in (_port(dev / "ports" / n) for n in port_names)
                       if p is not None)
-        verbs = [v for v in _listdir(dev / "device/infiniband_verbs") if v.startswith("uverbs")]
+        verbs = [v for v in listdir(dev / "device/infiniband_verbs") if v.startswith("uverbs")]
         if not verbs or via:
             verbs_of = _verbs_by_device(sys_root) if verbs_of is None else verbs_of
             verbs = [verbs_of[name]] if name in verbs_of else []
         nics.append(RdmaNic(name=name, bdf=bdf, ports=ports,
-                            netdevs=(via,) if via else _listdir(dev / "device/net"),
+                            netdevs=(via,) if via else listdir(dev / "device/net"),
                             place=pci_place(sys_root, bdf), verbs=verbs[0] if verbs else "",
                             via=via))
     nics = [n for n in nics if keep(n)]

@@ -153,13 +153,17 @@ def read_cpus(problems: List[str], directory: Path, *names: str,
     return None
 
 
+def listdir(directory: Path) -> Tuple[str, ...]:
+    """The entries of ``directory``, sorted; () where it cannot be listed."""
+    try:
+        return tuple(sorted(os.listdir(directory)))
+    except OSError:
+        return ()
+
+
 def numbered(directory: Path, prefix: str) -> List[int]:
     """N of each ``<prefix>N`` entry of ``directory``."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    found = (n[len(prefix):] for n in names if n.startswith(prefix))
+    found = (n[len(prefix):] for n in listdir(directory) if n.startswith(prefix))
     return sorted(int(n) for n in found if is_decimal(n) and int(n) <= MAX_ID)
 
 
