@@ -32,7 +32,7 @@ which per mbind(2) moves only pages used by this process alone.
 Mappings that carry a policy of their own (a user's ``mbind``, libnuma's
 ``numa_alloc_onnode``/``numa_alloc_interleaved``) are the caller's to skip: their
 owner chose where the pages go.
-Pure but for :func:`read_own_ranges`, which reads the three files once.
+Pure but for :func:`read_own_mappings`, which reads the three files once.
 """
 from __future__ import annotations
 
@@ -173,9 +173,3 @@ def read_own_mappings(pid: str = "self",
     except OSError:
         anon = set()
     return [r for r in own_mappings(maps, fstypes, anon) if keep(r[0])]
-
-
-def read_own_ranges(pid: str = "self",
-                    keep: Callable[[int], bool] = lambda start: True) -> List[Range]:
-    """:func:`read_own_mappings`, adjacent ones merged."""
-    return merge(read_own_mappings(pid, keep))
